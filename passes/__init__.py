@@ -1,0 +1,1 @@
+"""qcompile's Relax IR passes (installed as qcompile.passes)."""

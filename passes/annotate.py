@@ -1,0 +1,101 @@
+"""annotate: decide which tensors become integer. Walks the canonical float module in binding order,
+asks each op's rule, and returns a QuantPlan; it never changes the IR."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+
+import tvm
+from tvm import relax
+
+from qcompile.errors import InputError
+from qcompile.passes.plan import OpPlan, QuantPlan, SiteSpec
+from qcompile.passes.rewrite import main_bindings, op_name, var_uses
+from qcompile.passes.rules import OP_RULES, AnnotateContext
+
+
+def resolve_skips(
+    layer_names: list[str], skip: Iterable[str], skip_first: bool, skip_last: bool
+) -> frozenset[str]:
+    """ONNX node names to keep float; an unknown name is an error that lists the real ones."""
+    names = set(skip)
+    unknown = sorted(names - set(layer_names))
+    if unknown:
+        sample = ", ".join(layer_names[:8]) + (", ..." if len(layer_names) > 8 else "")
+        raise InputError(f"--skip names no quantizable layer: {', '.join(unknown)} (layers: {sample})")
+    if layer_names and skip_first:
+        names.add(layer_names[0])
+    if layer_names and skip_last:
+        names.add(layer_names[-1])
+    return frozenset(names)
+
+
+def annotate(
+    mod: tvm.IRModule,
+    *,
+    layer_of: Mapping[str, str],
+    act: SiteSpec,
+    bits: int,
+    target: str,
+    skip: frozenset[str] = frozenset(),
+) -> QuantPlan:
+    func = mod["main"]
+    bindings = main_bindings(func)
+    consumers: dict[relax.Var, list[relax.VarBinding]] = {}
+    for b in bindings:
+        for a in _operands(b.value):
+            consumers.setdefault(a, []).append(b)
+    ctx = AnnotateContext(
+        bindings={b.var.name: b for b in bindings},
+        uses=var_uses(bindings, func),
+        consumers=consumers,
+        layer_of=dict(layer_of),
+        skip=skip,
+        act=act,
+    )
+    ops = []
+    absorbed: set[str] = set()
+    for b in bindings:
+        if b.var.name in absorbed:
+            continue
+        rule = OP_RULES.find(op_name(b.value) or "")
+        plan = rule.annotate(ctx, b) if rule is not None else None
+        if plan is not None:
+            ops.append(plan)
+            absorbed.update(plan.fused)
+    ops, sites = _dequantize_wide_outputs(ops, dict(ctx.sites))
+    return QuantPlan(
+        bits=bits,
+        target=target,
+        weight_dtype="int8",
+        ops=tuple(ops),
+        sites=sites,
+        aliases=dict(ctx.aliases),
+        float_layers=tuple(ctx.float_layers),
+    )
+
+
+def _dequantize_wide_outputs(ops: list[OpPlan], sites: dict[str, SiteSpec]) -> tuple[list[OpPlan], dict]:
+    """A conv/matmul whose result no integer op reads never needs its 8-bit output site."""
+    read_as_integer = {name for op in ops for name in op.inputs}
+    out = []
+    for op in ops:
+        if op.layer is not None and op.output not in read_as_integer:
+            op = replace(op, float_output=True)
+            sites.pop(op.output, None)
+        out.append(op)
+    return out, sites
+
+
+def _operands(expr: relax.Expr) -> list[relax.Var]:
+    """The variables a binding reads directly (through tuples too)."""
+    if isinstance(expr, relax.Var):
+        return [expr]
+    if isinstance(expr, relax.Call):
+        return [v for a in expr.args for v in _operands(a)]
+    if isinstance(expr, relax.Tuple):
+        return [v for f in expr.fields for v in _operands(f)]
+    if isinstance(expr, relax.TupleGetItem):
+        return _operands(expr.tuple_value)
+    return []

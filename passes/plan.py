@@ -1,0 +1,139 @@
+"""QuantPlan: frozen data saying which tensors become integer and how. Produced by annotate, read by
+calibrate (which sites to observe) and realize (what to rewrite). It never holds IR objects, only the
+unique binding names that canonicalize gives every tensor, so it can be saved, diffed and reloaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ACT_DTYPES = ("int8", "uint8", "int16")
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """How one activation tensor (a *site*) is stored when integer."""
+
+    dtype: str
+    symmetric: bool
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ACT_DTYPES:
+            raise ValueError(f"site dtype must be one of {ACT_DTYPES}, got {self.dtype!r}")
+        if self.dtype == "uint8" and self.symmetric:
+            raise ValueError("uint8 sites are asymmetric by construction")
+
+    @property
+    def qmin(self) -> int:
+        return {"int8": -128, "uint8": 0, "int16": -32768}[self.dtype]
+
+    @property
+    def qmax(self) -> int:
+        return {"int8": 127, "uint8": 255, "int16": 32767}[self.dtype]
+
+
+@dataclass(frozen=True)
+class OpPlan:
+    """One op (plus the bias/activation bindings fused into it) that realize turns into integer ops.
+
+    `var` is the anchor binding, `inputs` the activation operands (sites or aliases of sites), `output`
+    the binding that will hold the integer result (the end of the fused chain), `fused` every binding
+    absorbed after the anchor, `bias` the binding of a fused constant bias add, `clamp` the fused
+    activation bounds in real units. `layer` is the ONNX node name for conv/matmul layers. `float_output` marks a layer whose result
+    only float ops read (e.g. the logits): it skips the 8-bit requantize and dequantizes the wide
+    accumulator, which keeps the model's outputs at accumulator precision."""
+
+    var: str
+    rule: str
+    inputs: tuple[str, ...]
+    output: str
+    layer: str | None = None
+    fused: tuple[str, ...] = ()
+    bias: str | None = None
+    clamp: tuple[float, float] | None = None
+    float_output: bool = False  # only float ops read the result: dequantize the accumulator directly
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ValueError(f"op plan for {self.var} has no activation inputs")
+        if self.fused and self.fused[-1] != self.output:
+            raise ValueError(f"op plan for {self.var}: the last fused binding must be the output")
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """The whole decision: sites to calibrate, ops to realize, layers deliberately kept float."""
+
+    bits: int
+    target: str
+    weight_dtype: str
+    ops: tuple[OpPlan, ...]
+    sites: dict[str, SiteSpec] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    float_layers: tuple[str, ...] = ()
+
+    def site_of(self, var: str) -> str:
+        """The calibrated site whose quantization parameters `var` shares (pass-through ops)."""
+        seen = set()
+        while var in self.aliases:
+            if var in seen:
+                raise ValueError(f"alias cycle at {var}")
+            seen.add(var)
+            var = self.aliases[var]
+        return var
+
+    @property
+    def quantized_layers(self) -> tuple[str, ...]:
+        return tuple(op.layer for op in self.ops if op.layer is not None)
+
+    def to_json(self) -> dict:
+        return {
+            "bits": self.bits,
+            "target": self.target,
+            "weight_dtype": self.weight_dtype,
+            "quantized_layers": list(self.quantized_layers),
+            "float_layers": list(self.float_layers),
+            "integer_ops": [op.rule for op in self.ops],
+            "sites": {k: {"dtype": v.dtype, "symmetric": v.symmetric} for k, v in self.sites.items()},
+        }
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Affine quantization of one site: real = scale * (q - zero_point), q in [qmin, qmax] of dtype."""
+
+    scale: float
+    zero_point: int
+    dtype: str
+
+    def __post_init__(self) -> None:
+        if not (self.scale > 0 and self.scale < float("inf")):
+            raise ValueError(f"scale must be positive and finite, got {self.scale}")
+        spec = SiteSpec(self.dtype, symmetric=self.dtype != "uint8" and self.zero_point == 0)
+        if not spec.qmin <= self.zero_point <= spec.qmax:
+            raise ValueError(f"zero point {self.zero_point} outside {self.dtype} range")
+
+    @property
+    def qmin(self) -> int:
+        return SiteSpec(self.dtype, self.dtype != "uint8").qmin
+
+    @property
+    def qmax(self) -> int:
+        return SiteSpec(self.dtype, self.dtype != "uint8").qmax
+
+    def quantize_real(self, value: float) -> int:
+        """The integer that represents `value`, clamped to the dtype range."""
+        q = round(value / self.scale) + self.zero_point
+        return int(min(max(q, self.qmin), self.qmax))
+
+    @staticmethod
+    def from_range(lo: float, hi: float, spec: SiteSpec) -> QParams:
+        """The (scale, zero point) covering [lo, hi]; the range always contains 0 so 0 is exact."""
+        lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+        if spec.symmetric:
+            bound = max(abs(lo), abs(hi))
+            scale = bound / spec.qmax if bound > 0 else 1.0
+            return QParams(scale, 0, spec.dtype)
+        span = hi - lo
+        scale = span / (spec.qmax - spec.qmin) if span > 0 else 1.0
+        zp = int(round(spec.qmin - lo / scale))
+        return QParams(scale, min(max(zp, spec.qmin), spec.qmax), spec.dtype)

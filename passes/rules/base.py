@@ -1,0 +1,99 @@
+"""The op-rule protocol: how one Relax op family is annotated (decide) and realized (rewrite).
+
+Annotate and realize each hand a rule a small context object, so a rule never walks the graph itself.
+Adding an op means one file in this folder with one `@op_rule("relax.<op>")` class."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from qcompile.passes.plan import OpPlan, QParams, SiteSpec
+from tvm import relax
+
+from qcompile.registry import Registry
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """An integer tensor in the realized IR and the affine parameters it carries."""
+
+    expr: relax.Expr
+    qparams: QParams
+
+
+@dataclass
+class AnnotateContext:
+    """What a rule may ask while annotating: producers, use counts, which tensors are integer."""
+
+    bindings: dict[str, relax.VarBinding]
+    uses: dict[relax.Var, int]
+    consumers: dict[relax.Var, list[relax.VarBinding]]
+    layer_of: dict[str, str]
+    skip: frozenset[str]
+    act: SiteSpec
+    integer: set[str] = field(default_factory=set)
+    sites: dict[str, SiteSpec] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    float_layers: list[str] = field(default_factory=list)
+
+    def is_integer(self, expr: relax.Expr) -> bool:
+        return isinstance(expr, relax.Var) and expr.name in self.integer
+
+    def is_float_tensor(self, expr: relax.Expr) -> bool:
+        ty = getattr(expr, "ty", None)
+        return isinstance(expr, relax.Var) and getattr(ty, "dtype", None) == "float32"
+
+    def single_consumer(self, var: relax.Var) -> relax.VarBinding | None:
+        """The one binding reading `var`, when nothing else (not even the return value) reads it."""
+        users = self.consumers.get(var, [])
+        return users[0] if len(users) == 1 and self.uses.get(var, 0) == 1 else None
+
+    def need_site(self, var: relax.Var) -> None:
+        """`var` enters integer compute: calibrate it unless it already is integer (and so has qparams)."""
+        if var.name not in self.integer:
+            self.sites[var.name] = self.act
+
+    def produce(self, var: str, alias_of: str | None = None) -> None:
+        """Mark `var` integer: either a fresh site or one sharing `alias_of`'s qparams."""
+        self.integer.add(var)
+        if alias_of is None:
+            self.sites[var] = self.act
+        else:
+            self.aliases[var] = alias_of
+
+
+class RealizeContext(Protocol):
+    """What a rule may use while realizing (implemented by passes.realize)."""
+
+    bb: relax.BlockBuilder
+
+    def quantized(self, var: relax.Var) -> QTensor: ...
+
+    def qparams(self, var: str) -> QParams: ...
+
+    def binding(self, var: str) -> relax.VarBinding: ...
+
+    def substitute(self, expr: relax.Expr, override: dict) -> relax.Expr: ...
+
+    def emit(self, expr: relax.Expr, name: str | None = None) -> relax.Expr: ...
+
+
+class OpRule(Protocol):
+    def annotate(self, ctx: AnnotateContext, binding: relax.VarBinding) -> OpPlan | None: ...
+
+    def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> QTensor: ...
+
+
+OP_RULES: Registry[OpRule] = Registry("op rule")
+
+
+def op_rule(*names: str):
+    """Class decorator: register one instance of the rule under each Relax op name."""
+
+    def decorator(cls):
+        for name in names:
+            OP_RULES.add(name, cls())
+        return cls
+
+    return decorator

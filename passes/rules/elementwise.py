@@ -1,0 +1,70 @@
+"""add and multiply of two activations, each requantized straight into the output site."""
+
+from __future__ import annotations
+
+import numpy as np
+from qcompile.passes.plan import OpPlan
+from qcompile.passes.rewrite import op_name
+from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext, op_rule
+from qcompile.passes.rules.chain import follow_chain
+from qcompile.passes.rules.emit import centered, clamp_bounds, int_const, requantize, shift_to_output
+from qcompile.passes.rules.fixed_point import bits_needed, multiplier_bits, quantize_multiplier
+from tvm import relax
+
+
+class BinaryRule:
+
+    def annotate(self, ctx: AnnotateContext, binding: relax.VarBinding) -> OpPlan | None:
+        args = binding.value.args
+        if len(args) != 2 or not all(ctx.is_float_tensor(a) for a in args):
+            return None
+        if not any(ctx.is_integer(a) for a in args):
+            return None  # both operands float: quantizing here would only add conversions
+        chain = follow_chain(ctx, binding.var)
+        for a in args:
+            ctx.need_site(a)
+        ctx.produce(chain.output.name)
+        return OpPlan(
+            var=binding.var.name, rule=op_name(binding.value), inputs=tuple(a.name for a in args),
+            output=chain.output.name, fused=chain.fused, clamp=chain.clamp,
+        )
+
+
+@op_rule("relax.add")
+class AddRule(BinaryRule):
+    """(a - za) * Ma + (b - zb) * Mb with one shared shift: a single rounding, as TFLite's add."""
+
+
+    def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> QTensor:
+        a, b = (ctx.quantized(v) for v in binding.value.args)
+        out = ctx.qparams(plan.output)
+        ma, mb = a.qparams.scale / out.scale, b.qparams.scale / out.scale
+        in_bits = bits_needed(max(a.qparams.qmax - a.qparams.qmin, b.qparams.qmax - b.qparams.qmin)) + 1
+        _, shift = quantize_multiplier(np.array([max(ma, mb)]), multiplier_bits(in_bits))
+        scale = np.exp2(float(shift[0]))
+        terms = []
+        for x, mult in ((a, ma), (b, mb)):
+            c = centered(ctx.bb, x.expr, x.qparams)
+            terms.append(ctx.emit(relax.op.multiply(c, int_const(int(round(mult * scale)), "int64"))))
+        total = ctx.emit(relax.op.add(terms[0], terms[1]))
+        y = shift_to_output(
+            ctx.bb, total, shift, out, ndim=0, clamp=clamp_bounds(out, plan.clamp), name=plan.output
+        )
+        return QTensor(y, out)
+
+
+@op_rule("relax.multiply")
+class MultiplyRule(BinaryRule):
+    """(a - za) * (b - zb) in int64, requantized by sa * sb / so."""
+
+
+    def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> QTensor:
+        a, b = (ctx.quantized(v) for v in binding.value.args)
+        out = ctx.qparams(plan.output)
+        prod = ctx.emit(relax.op.multiply(centered(ctx.bb, a.expr, a.qparams), centered(ctx.bb, b.expr, b.qparams)))
+        span = (a.qparams.qmax - a.qparams.qmin) * (b.qparams.qmax - b.qparams.qmin)
+        y = requantize(
+            ctx.bb, prod, a.qparams.scale * b.qparams.scale, out, acc_bits=bits_needed(span), ndim=0,
+            clamp=clamp_bounds(out, plan.clamp), name=plan.output,
+        )
+        return QTensor(y, out)

@@ -1,0 +1,151 @@
+"""conv2d (incl. depthwise and grouped) and matmul/dense/Gemm with constant weights:
+int8 per-output-channel symmetric weights x integer activations -> int32 accumulate (int64 for 16-bit
+activations), int32 bias with the zero-point correction folded in, fixed-point requantize with the
+fused relu/clip as its clamp."""
+
+from __future__ import annotations
+
+import numpy as np
+from qcompile.passes.plan import OpPlan
+from qcompile.passes.rewrite import const_value, is_const, op_name
+from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext, op_rule
+from qcompile.passes.rules.chain import follow_chain
+from qcompile.passes.rules.emit import channel_shape, clamp_bounds, int_const, requantize
+from qcompile.passes.rules.fixed_point import bits_needed
+from tvm import relax
+
+WEIGHT_QMAX = 127
+
+
+def quantize_weight(
+    weight: np.ndarray, axis: int, min_scale: np.ndarray | float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel int8 along `axis`: (int8 weights, per-channel scales).
+
+    `min_scale` floors each channel's scale: a dead channel (weights ~0 after batch-norm folding) with
+    a real bias would otherwise need a bias of bias / (s_x * s_w) that overflows the accumulator."""
+    moved = np.moveaxis(weight.astype(np.float64), axis, 0)
+    absmax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
+    scale = np.maximum(absmax / WEIGHT_QMAX, min_scale)
+    scale = np.where(scale > 0, scale, 1.0)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(weight / scale.reshape(shape)), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+    return q, scale
+
+
+class LinearRule:
+    """Shared annotate/realize of the two weight-bearing layer ops."""
+
+    weight_axis = 0
+
+    def channels(self, binding: relax.VarBinding) -> int:
+        return int(const_value(binding.value.args[1]).shape[self.weight_axis])
+
+    def supported(self, binding: relax.VarBinding) -> bool:
+        return True
+
+    def annotate(self, ctx: AnnotateContext, binding: relax.VarBinding) -> OpPlan | None:
+        data, weight = binding.value.args[0], binding.value.args[1]
+        layer = ctx.layer_of.get(binding.var.name, binding.var.name)
+        if not (is_const(weight) and ctx.is_float_tensor(data) and self.supported(binding)):
+            ctx.float_layers.append(layer)
+            return None
+        if layer in ctx.skip:
+            ctx.float_layers.append(layer)
+            return None
+        channels = self.channels(binding)
+        chain = follow_chain(ctx, binding.var, bias_ok=lambda a: a.size in (1, channels))
+        ctx.need_site(data)
+        ctx.produce(chain.output.name)
+        return OpPlan(
+            var=binding.var.name,
+            rule=op_name(binding.value),
+            inputs=(data.name,),
+            output=chain.output.name,
+            layer=layer,
+            fused=chain.fused,
+            bias=chain.bias,
+            clamp=chain.clamp,
+        )
+
+    def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> QTensor | relax.Expr:
+        call = binding.value
+        x = ctx.quantized(call.args[0])
+        weight = const_value(call.args[1])
+        channels = weight.shape[self.weight_axis]
+        bias = np.zeros(channels)
+        if plan.bias is not None:
+            bias = np.broadcast_to(const_value(ctx.binding(plan.bias).value.args[1]).reshape(-1), (channels,))
+        acc_dtype = "int64" if x.qparams.dtype == "int16" else "int32"
+        bias_limit = 2.0**40 if acc_dtype == "int64" else 2.0**29  # headroom for the products' sum
+        wq, w_scale = quantize_weight(weight, self.weight_axis, np.abs(bias) / (x.qparams.scale * bias_limit))
+        acc, ndim, axis = self.accumulate(ctx, call, x, wq, acc_dtype)
+        acc_scale = x.qparams.scale * w_scale
+        wsum = wq.astype(np.int64).sum(axis=tuple(i for i in range(wq.ndim) if i != self.weight_axis))
+        total = -x.qparams.zero_point * wsum + np.round(bias.astype(np.float64) / acc_scale).astype(np.int64)
+        if np.any(total != 0):
+            acc = ctx.emit(relax.op.add(acc, int_const(channel_shape(total, ndim, axis), acc_dtype)))
+        if plan.float_output:
+            return _dequantize_accumulator(ctx, acc, acc_scale, ndim, axis, plan)
+        out_qp = ctx.qparams(plan.output)
+        x_span = max(abs(x.qparams.qmin - x.qparams.zero_point), abs(x.qparams.qmax - x.qparams.zero_point))
+        w_l1 = np.abs(wq.astype(np.int64)).reshape(wq.shape[0], -1).sum(axis=1).max()
+        if self.weight_axis != 0:
+            w_l1 = np.abs(wq.astype(np.int64)).sum(axis=0).max()
+        acc_bits = bits_needed(float(x_span) * float(w_l1) + float(np.abs(total).max()))
+        y = requantize(
+            ctx.bb, acc, acc_scale, out_qp, acc_bits=acc_bits, axis=axis, ndim=ndim,
+            clamp=clamp_bounds(out_qp, plan.clamp), name=plan.output,
+        )
+        return QTensor(y, out_qp)
+
+
+def _dequantize_accumulator(ctx, acc, acc_scale: np.ndarray, ndim: int, axis: int, plan: OpPlan) -> relax.Expr:
+    """real = acc * (s_x * s_w[c]), then the fused activation in float."""
+    y = ctx.emit(relax.op.astype(acc, "float32"))
+    scale = relax.const(channel_shape(acc_scale.astype(np.float32), ndim, axis), "float32")
+    y = ctx.emit(relax.op.multiply(y, scale), None if plan.clamp else plan.output)
+    if plan.clamp is not None:
+        y = ctx.emit(relax.op.clip(y, float(plan.clamp[0]), float(plan.clamp[1])), plan.output)
+    return y
+
+
+@op_rule("relax.nn.conv2d")
+class Conv2dRule(LinearRule):
+    weight_axis = 0
+
+    def supported(self, binding: relax.VarBinding) -> bool:
+        attrs = binding.value.attrs
+        return attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW"
+
+    def accumulate(self, ctx, call, x: QTensor, wq: np.ndarray, acc_dtype: str):
+        attrs = call.attrs
+        top, left, bottom, right = (int(p) for p in attrs.padding)
+        data = x.expr
+        padding = [top, left, bottom, right]
+        if x.qparams.zero_point and any(padding):
+            # Padding must hold the integer that means real 0, which is the zero point, not 0.
+            pad = [0, 0, 0, 0, top, bottom, left, right]
+            data = ctx.emit(relax.op.nn.pad(data, pad, pad_value=float(x.qparams.zero_point)))
+            padding = [0, 0, 0, 0]
+        acc = ctx.emit(
+            relax.op.nn.conv2d(
+                data, int_const(wq, "int8"), strides=[int(s) for s in attrs.strides], padding=padding,
+                dilation=[int(d) for d in attrs.dilation], groups=int(attrs.groups), out_dtype=acc_dtype,
+            )
+        )
+        return acc, 4, 1
+
+
+@op_rule("relax.matmul")
+class MatmulRule(LinearRule):
+    weight_axis = 1
+
+    def supported(self, binding: relax.VarBinding) -> bool:
+        return const_value(binding.value.args[1]).ndim == 2
+
+    def accumulate(self, ctx, call, x: QTensor, wq: np.ndarray, acc_dtype: str):
+        acc = ctx.emit(relax.op.matmul(x.expr, int_const(wq, "int8"), out_dtype=acc_dtype))
+        ndim = len(call.ty.shape)
+        return acc, ndim, ndim - 1

@@ -1,0 +1,124 @@
+"""The artifact: a directory with the compiled library, manifest.json, report.json, qparams.json and
+plan.json. Written into a temporary sibling directory and renamed into place only when complete, so a
+failed build never leaves a half-written artifact."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qcompile import __version__
+from qcompile.errors import InputError
+
+if TYPE_CHECKING:
+    from qcompile.config import BuildConfig
+    from qcompile.model import OnnxModel
+    from qcompile.passes.plan import QParams, QuantPlan
+    from qcompile.targets import TargetSpec
+
+MANIFEST = "manifest.json"
+FORMAT = "qcompile.artifact/1"
+
+
+def check_writable(output: Path) -> None:
+    """Fail before any work when the artifact cannot be written where asked."""
+    if output.exists() and not output.is_dir():
+        raise InputError(f"output {output} exists and is not a directory")
+    parent = output.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"output directory {output} is not writable (no write permission on {parent})")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_artifact(
+    output: Path,
+    *,
+    executable,
+    outputs: list[dict],
+    model: OnnxModel,
+    target: TargetSpec,
+    config: BuildConfig,
+    plan: QuantPlan,
+    qparams: dict[str, QParams],
+    timings: dict[str, float],
+) -> Path:
+    import tvm
+
+    from qcompile.calibration.store import qparams_to_json
+
+    output = output.resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        library = staging / target.library_name
+        # -s: no symbol tables in a deployable library (the VM finds kernels through its own table).
+        executable.export_library(str(library), options=["-s"])
+        _write_json(staging / "qparams.json", qparams_to_json(qparams, model.sha256, config.method))
+        _write_json(staging / "plan.json", plan.to_json())
+        policy = target.activation_policy(config.bits)
+        report = {
+            "quantized_layers": len(plan.quantized_layers),
+            "float_layers": list(plan.float_layers),
+            "integer_ops": len(plan.ops),
+            "calibrated_sites": len(plan.sites),
+            "weights_fp32_bytes": model.weight_bytes(),
+            "library_bytes": library.stat().st_size,
+            "library_to_fp32_weights": round(library.stat().st_size / max(model.weight_bytes(), 1), 4),
+            "stage_seconds": dict(timings),
+        }
+        _write_json(staging / "report.json", report)
+        files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(staging.iterdir())}
+        manifest = {
+            "format": FORMAT,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "versions": {"qcompile": __version__, "tvm": tvm.__version__},
+            "model": {"file": model.path.name, "sha256": model.sha256, "opset": model.opset},
+            "target": {"name": target.name, "tvm": dict(target.tvm_target)},
+            "library": target.library_name,
+            "inputs": [s.to_json() for s in model.inputs],
+            "outputs": outputs,
+            "quantization": {
+                "bits": config.bits,
+                "activations": {"dtype": policy.dtype, "symmetric": policy.symmetric, "granularity": "per-tensor"},
+                "weights": {"dtype": plan.weight_dtype, "symmetric": True, "granularity": "per-output-channel"},
+                "accumulator": "int64" if config.bits == 16 else "int32",
+                "requantize": "fixed-point multiplier and right shift (int64), round half up",
+                "config": config.to_json(),
+            },
+            "files": files,
+        }
+        _write_json(staging / MANIFEST, manifest)
+        _move_into_place(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def _move_into_place(staging: Path, output: Path) -> None:
+    if output.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
+        os.rename(output, old / "a")
+        os.rename(staging, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, output)
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")

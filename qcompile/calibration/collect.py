@@ -1,0 +1,70 @@
+"""calibrate: expose the planned sites as extra outputs of the float model, compile it for the host,
+stream the calibration set through it once and feed each site's values to its observer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from qcompile.calibration.methods import MethodOptions, qparams_for
+from qcompile.calibration.observer import RangeObserver
+from qcompile.data import Dataset
+from qcompile.errors import CalibrationDataError
+from qcompile.passes.plan import QParams, QuantPlan
+from qcompile.passes.rewrite import copy_binding, main_bindings, replay
+from qcompile.progress import progress
+
+HOST = {"kind": "llvm"}
+
+
+def expose(mod: tvm.IRModule, names: Sequence[str]) -> tvm.IRModule:
+    """`main` returning (original outputs..., the tensors bound to `names`...)."""
+    func = mod["main"]
+    by_name = {b.var.name: b.var for b in main_bindings(func)}
+    by_name.update({p.name: p for p in func.params})
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise CalibrationDataError(f"internal: no tensors named {missing} in the model")
+    return replay(mod, copy_binding, extra_outputs=lambda env: [env[by_name[n]] for n in names])
+
+
+def compile_host(mod: tvm.IRModule):
+    ex = tvm.compile(mod, target=tvm.target.Target(dict(HOST)))
+    return relax.VirtualMachine(ex, tvm.cpu())
+
+
+def run_vm(vm, batch: dict[str, np.ndarray], input_names: Sequence[str]) -> list[np.ndarray]:
+    args = [tvm.runtime.tensor(np.ascontiguousarray(batch[n])) for n in input_names]
+    out = vm["main"](*args)
+    if isinstance(out, tvm.runtime.Tensor):
+        return [out.numpy()]
+    return [t.numpy() for t in out]
+
+
+def observe(
+    mod: tvm.IRModule, plan: QuantPlan, data: Dataset, input_names: Sequence[str], num_outputs: int
+) -> dict[str, RangeObserver]:
+    sites = sorted(plan.sites)
+    vm = compile_host(expose(mod, sites))
+    observers = {s: RangeObserver(s) for s in sites}
+    for batch in progress(data.batches(), total=data.num_batches, desc="calibrate"):
+        values = run_vm(vm, batch, input_names)[num_outputs:]
+        for site, value in zip(sites, values):
+            observers[site].update(value)
+    return observers
+
+
+def calibrate(
+    mod: tvm.IRModule,
+    plan: QuantPlan,
+    data: Dataset,
+    input_names: Sequence[str],
+    num_outputs: int,
+    method: str,
+    options: MethodOptions,
+) -> dict[str, QParams]:
+    observers = observe(mod, plan, data, input_names, num_outputs)
+    return {s: qparams_for(obs, plan.sites[s], method, options) for s, obs in observers.items()}

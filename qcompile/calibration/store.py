@@ -1,0 +1,46 @@
+"""qparams.json: calibration results, reusable with --qparams for the same model and plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from qcompile.errors import InputError
+from qcompile.passes.plan import QParams, QuantPlan
+
+FORMAT = "qcompile.qparams/1"
+
+
+def qparams_to_json(qparams: dict[str, QParams], model_sha256: str, method: str) -> dict:
+    return {
+        "format": FORMAT,
+        "model_sha256": model_sha256,
+        "method": method,
+        "sites": {k: {"scale": v.scale, "zero_point": v.zero_point, "dtype": v.dtype} for k, v in sorted(qparams.items())},
+    }
+
+
+def load_qparams(path: str | Path, model_sha256: str, plan: QuantPlan) -> dict[str, QParams]:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"qparams file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not a qparams JSON file ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise InputError(f"{path} is not a qcompile qparams file (format {FORMAT})")
+    if doc.get("model_sha256") != model_sha256:
+        raise InputError(f"{path} was calibrated for a different model (sha256 mismatch)")
+    try:
+        qparams = {k: QParams(float(v["scale"]), int(v["zero_point"]), str(v["dtype"])) for k, v in doc["sites"].items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path} has a malformed site entry ({exc})") from None
+    missing = sorted(set(plan.sites) - set(qparams))
+    wrong = sorted(s for s in plan.sites if s in qparams and qparams[s].dtype != plan.sites[s].dtype)
+    if missing or wrong:
+        raise InputError(
+            f"{path} does not match this build's plan (missing {missing[:5]}, other dtype {wrong[:5]}): "
+            "calibrate again with the same --bits/--skip options"
+        )
+    return {s: qparams[s] for s in plan.sites}

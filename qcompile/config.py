@@ -1,0 +1,54 @@
+"""BuildConfig: every option of a build as one frozen, validated value (what the manifest records)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from qcompile.calibration.methods import CALIBRATORS, MethodOptions
+from qcompile.errors import InputError
+from qcompile.targets import TARGETS
+
+STAGES = ("load", "canonicalize", "annotate", "calibrate", "realize", "build", "package")
+DEFAULT_METHOD = "entropy"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    target: str = "x86"
+    bits: int = 8
+    method: str = DEFAULT_METHOD
+    percentile: float = 99.99
+    skip: tuple[str, ...] = ()
+    skip_first: bool = False
+    skip_last: bool = False
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    preprocess: str | None = None
+    max_calib_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        spec = TARGETS.get(self.target)  # unknown target: error listing the known ones
+        spec.activation_policy(self.bits)  # unsupported bits for this target
+        CALIBRATORS.get(self.method)  # unknown method
+        try:
+            MethodOptions(percentile=self.percentile)
+        except ValueError as exc:
+            raise InputError(f"--percentile: {exc}") from None
+        if self.max_calib_batches is not None and self.max_calib_batches <= 0:
+            raise InputError("--max-calib-batches must be positive")
+
+    @property
+    def method_options(self) -> MethodOptions:
+        return MethodOptions(percentile=self.percentile)
+
+    def to_json(self) -> dict:
+        doc = asdict(self)
+        doc["skip"] = list(self.skip)
+        doc["input_shapes"] = {k: list(v) for k, v in self.input_shapes.items()}
+        return doc
+
+    @staticmethod
+    def from_json(doc: dict) -> BuildConfig:
+        doc = dict(doc)
+        doc["skip"] = tuple(doc.get("skip", ()))
+        doc["input_shapes"] = {k: tuple(v) for k, v in doc.get("input_shapes", {}).items()}
+        return BuildConfig(**doc)

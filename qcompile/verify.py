@@ -1,0 +1,93 @@
+"""verify: run the compiled artifact and the float model (onnxruntime) on held-out data, side by side."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qcompile.data import load_data
+from qcompile.errors import InputError, VerificationFailed
+from qcompile.metrics import classification_metrics, output_metrics
+from qcompile.model import load_onnx
+from qcompile.progress import progress
+from qcompile.runtime import Runner, open_artifact
+
+
+def onnxruntime_session(model_path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+
+
+def verify(
+    artifact_path: str | Path,
+    model_path: str | Path,
+    data_path: str | Path,
+    *,
+    max_top1_drop: float | None = None,
+    per_layer: bool = False,
+    max_samples: int | None = None,
+) -> dict:
+    """Metrics of the artifact against the float model; raises VerificationFailed past the bar
+    (after computing everything, so the caller can still write the report)."""
+    artifact = open_artifact(artifact_path)
+    model = load_onnx(model_path, {s.name: s.shape for s in artifact.inputs})
+    if model.sha256 != artifact.manifest["model"]["sha256"]:
+        raise InputError(f"{model_path} is not the model this artifact was built from (sha256 differs)")
+    data = load_data(data_path, artifact.inputs, "evaluation")
+    runner = Runner(artifact)
+    session = onnxruntime_session(Path(model_path))
+    limit = None if max_samples is None else max(1, max_samples // data.batch)
+    count = data.num_batches if limit is None else min(limit, data.num_batches)
+    ref: list[list[np.ndarray]] = [[] for _ in artifact.output_names]
+    test: list[list[np.ndarray]] = [[] for _ in artifact.output_names]
+    t_ref, t_test = [], []
+    for batch in progress(data.batches(limit), total=count, desc="verify"):
+        t0 = time.perf_counter()
+        r = session.run(list(artifact.output_names), batch)
+        t1 = time.perf_counter()
+        q = runner(batch)
+        t2 = time.perf_counter()
+        t_ref.append(t1 - t0)
+        t_test.append(t2 - t1)
+        for i in range(len(ref)):
+            ref[i].append(np.asarray(r[i]))
+            test[i].append(q[i])
+    labels = data.labels[: count * data.batch] if data.labels is not None else None
+    report = artifact.read_json("report.json")
+    metrics: dict = {
+        "samples": count * data.batch,
+        "outputs": {},
+        "weights_fp32_bytes": report["weights_fp32_bytes"],
+        "library_bytes": report["library_bytes"],
+        "library_to_fp32_weights": report["library_to_fp32_weights"],
+        "latency_ms_fp32_onnxruntime": round(1e3 * float(np.median(t_ref)) / data.batch, 3),
+        "latency_ms_int8_qcompile": round(1e3 * float(np.median(t_test)) / data.batch, 3),
+    }
+    for name, r_list, q_list in zip(artifact.output_names, ref, test):
+        r_all, q_all = np.concatenate(r_list), np.concatenate(q_list)
+        metrics["outputs"][name] = output_metrics(r_all, q_all)
+        if r_all.ndim == 2 and r_all.shape[1] > 1:
+            metrics["outputs"][name].update(classification_metrics(r_all, q_all, labels))
+    first = metrics["outputs"][artifact.output_names[0]]
+    for key in ("top1_agreement", "top5_agreement", "top1_fp32", "top1_int8", "top1_drop", "sqnr_db", "cosine"):
+        if key in first:
+            metrics[key] = first[key]
+    if per_layer:
+        from qcompile.layerwise import per_layer_sqnr
+
+        metrics["per_layer"] = per_layer_sqnr(artifact, model, data, limit=min(count, 16))
+    if max_top1_drop is not None:
+        drop = first.get("top1_drop", 100.0 - first.get("top1_agreement", 0.0))
+        metrics["top1_drop_checked"] = round(drop, 4)
+        metrics["max_top1_drop"] = max_top1_drop
+        metrics["passed"] = bool(drop <= max_top1_drop)
+        if not metrics["passed"]:
+            raise VerificationFailed(f"top-1 drop {drop:.2f} points exceeds --max-top1-drop {max_top1_drop}", metrics)
+    return metrics

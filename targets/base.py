@@ -1,0 +1,57 @@
+"""Targets are data: a frozen TargetSpec per name, registered once, looked up by the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from qcompile.errors import QCompileError
+from qcompile.registry import Registry
+
+
+@dataclass(frozen=True)
+class ActivationPolicy:
+    """How activations are stored for a given bit width: what the target's integer kernels want."""
+
+    dtype: str
+    symmetric: bool
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("int8", "uint8", "int16"):
+            raise ValueError(f"unsupported activation dtype {self.dtype!r}")
+        if self.dtype == "uint8" and self.symmetric:
+            raise ValueError("uint8 activations must be asymmetric (zero point 128 for symmetric data)")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Everything the pipeline needs to know about one deployment target."""
+
+    name: str
+    description: str
+    tvm_target: dict[str, Any]
+    activations: dict[int, ActivationPolicy]
+    weight_dtype: str = "int8"
+    runs_on_host: bool = True
+    library_name: str = "model.so"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def activation_policy(self, bits: int) -> ActivationPolicy:
+        if bits not in self.activations:
+            known = ", ".join(str(b) for b in sorted(self.activations))
+            raise QCompileError(f"target {self.name!r} does not support --bits {bits} (supported: {known})")
+        return self.activations[bits]
+
+    def tvm(self) -> Any:
+        """The tvm.target.Target; always built from the dict (CLI-style strings are rejected by TVM 0.27)."""
+        import tvm
+
+        return tvm.target.Target(dict(self.tvm_target))
+
+
+TARGETS: Registry[TargetSpec] = Registry("target")
+
+
+def register_target(spec: TargetSpec) -> TargetSpec:
+    TARGETS.add(spec.name, spec)
+    return spec

@@ -1,0 +1,45 @@
+import numpy as np
+import onnxruntime as ort
+import tvm
+from tvm import relax
+
+from qcompile.calibration.collect import compile_host, run_vm
+from qcompile.config import BuildConfig
+from qcompile.passes.rewrite import main_bindings, op_name
+from qcompile.pipeline import canonicalize_stage, load_stage
+from tests.support.synthetic import random_inputs
+
+
+def _ops(mod: tvm.IRModule) -> list[str]:
+    return [op_name(b.value) or type(b.value).__name__ for b in main_bindings(mod["main"])]
+
+
+def test_batchnorm_and_bias_fold_into_conv_and_clip_is_one_op(block):
+    canon = canonicalize_stage(load_stage(block["model"], BuildConfig()))
+    relax.analysis.well_formed(canon.mod)  # raises on the first violation
+    ops = _ops(canon.mod)
+    assert "relax.nn.batch_norm" not in ops and "relax.subtract" not in ops and "relax.divide" not in ops
+    assert "relax.call_tir" not in ops  # the frontend's topi maximum/minimum became R.clip
+    assert ops.count("relax.clip") == 1
+    assert ops.count("relax.nn.conv2d") == 2 and ops.count("relax.matmul") == 1
+    # conv -> one bias add -> relu: BN's four affine steps and the conv bias are one add now
+    first = ops.index("relax.nn.conv2d")
+    assert ops[first + 1 : first + 3] == ["relax.add", "relax.nn.relu"]
+
+
+def test_layers_are_named_after_onnx_nodes(block):
+    canon = canonicalize_stage(load_stage(block["model"], BuildConfig()))
+    assert canon.layer_names == ["conv1", "dw", "fc"]
+    names = [b.var.name for b in main_bindings(canon.mod["main"])]
+    assert len(names) == len(set(names)), "binding names must be unique: the plan refers to tensors by name"
+
+
+def test_canonical_module_computes_what_onnxruntime_computes(block):
+    canon = canonicalize_stage(load_stage(block["model"], BuildConfig()))
+    vm = compile_host(canon.mod)
+    session = ort.InferenceSession(str(block["model"]))
+    for x in random_inputs(4, seed=7):
+        batch = {"input": x[None]}
+        ref = session.run(None, batch)[0]
+        got = run_vm(vm, batch, ["input"])[0]
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)

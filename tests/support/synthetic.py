@@ -1,0 +1,75 @@
+"""Small synthetic ONNX graphs for unit tests of single passes (never evidence that quantization works:
+that is what tests/e2e does on real models and real data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
+
+
+def block_model(path: Path, batch: int | str = 1, seed: int = 0) -> Path:
+    """conv+bias+BN+relu -> depthwise conv+clip(0,6) -> residual add -> GAP -> flatten -> gemm."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "g", "beta", "mean", "var"], ["bn1"], name="bn1"),
+        helper.make_node("Relu", ["bn1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="dw", pads=[1, 1, 1, 1], group=8),
+        helper.make_node("Clip", ["c2", "lo", "hi"], ["r2"], name="clip"),
+        helper.make_node("Add", ["r1", "r2"], ["a"], name="add"),
+        helper.make_node("GlobalAveragePool", ["a"], ["gp"], name="gap"),
+        helper.make_node("Flatten", ["gp"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], name="fc", transB=1),
+    ]
+    inits = [
+        _init("w1", rng.normal(size=(8, 3, 3, 3)) * 0.3), _init("b1", rng.normal(size=8)),
+        _init("g", rng.uniform(0.5, 1.5, 8)), _init("beta", rng.normal(size=8)),
+        _init("mean", rng.normal(size=8)), _init("var", rng.uniform(0.5, 2.0, 8)),
+        _init("w2", rng.normal(size=(8, 1, 3, 3)) * 0.3), _init("lo", np.array(0.0)), _init("hi", np.array(6.0)),
+        _init("w3", rng.normal(size=(10, 8))), _init("b3", rng.normal(size=10)),
+    ]
+    graph = helper.make_graph(
+        nodes, "block",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 12, 12])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def unsupported_model(path: Path) -> Path:
+    """Two ops TVM's ONNX frontend does not convert, to check they are reported together."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("StringNormalizer", ["s"], ["s2"], name="sn"),
+        helper.make_node("TfIdfVectorizer", ["i"], ["t"], name="tfidf", mode="TF", min_gram_length=1,
+                         max_gram_length=1, max_skip_count=0, ngram_counts=[0], ngram_indexes=[0], pool_int64s=[1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("s", TensorProto.STRING, [2]),
+         helper.make_tensor_value_info("i", TensorProto.INT64, [4])],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("s2", TensorProto.STRING, [2]),
+         helper.make_tensor_value_info("t", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def random_inputs(n: int, seed: int, shape: tuple[int, ...] = (3, 12, 12)) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, *shape)).astype(np.float32)
