@@ -15,9 +15,7 @@ from qcompile.passes.rewrite import main_bindings, op_name, var_uses
 from qcompile.passes.rules import OP_RULES, AnnotateContext
 
 
-def resolve_skips(
-    layer_names: list[str], skip: Iterable[str], skip_first: bool, skip_last: bool
-) -> frozenset[str]:
+def resolve_skips(layer_names: list[str], skip: Iterable[str], skip_first: bool, skip_last: bool) -> frozenset[str]:
     """ONNX node names to keep float; an unknown name is an error that lists the real ones."""
     names = set(skip)
     unknown = sorted(names - set(layer_names))

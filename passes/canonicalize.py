@@ -18,8 +18,8 @@ from tvm import relax
 
 from qcompile.passes.rewrite import (
     Env,
-    copy_binding,
     const_value,
+    copy_binding,
     is_const,
     main_bindings,
     op_name,

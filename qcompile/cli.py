@@ -28,40 +28,69 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"qcompile {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    b = sub.add_parser("build", help="quantize and compile a model into an artifact directory",
-                       description="ONNX -> Relax -> annotate -> calibrate -> realize (integer ops) -> compile "
-                       "-> artifact directory (library, manifest.json, report.json, qparams.json, plan.json).")
+    b = sub.add_parser(
+        "build",
+        help="quantize and compile a model into an artifact directory",
+        description="ONNX -> Relax -> annotate -> calibrate -> realize (integer ops) -> compile "
+        "-> artifact directory (library, manifest.json, report.json, qparams.json, plan.json).",
+    )
     b.add_argument("model", help="float ONNX model file (opset 11 or newer)")
     b.add_argument("-o", "--output", help="artifact directory to write (replaced atomically if it exists)")
     b.add_argument("--target", default="x86", help=f"deployment target: {', '.join(TARGETS.names())} (default x86)")
-    b.add_argument("--bits", type=int, default=8,
-                   help="activation bits: 8 (int8/uint8 per target) or 16 (int16 activations, int8 weights)")
+    b.add_argument(
+        "--bits",
+        type=int,
+        default=8,
+        help="activation bits: 8 (int8/uint8 per target) or 16 (int16 activations, int8 weights)",
+    )
     b.add_argument("--calib", help="calibration data: .npz with one array per model input, or a folder of images")
     b.add_argument("--qparams", help="reuse a qparams.json from an earlier build instead of calibrating")
-    b.add_argument("--method", default=DEFAULT_METHOD,
-                   help=f"range method: {', '.join(CALIBRATORS.names())} (default {DEFAULT_METHOD})")
+    b.add_argument(
+        "--method",
+        default=DEFAULT_METHOD,
+        help=f"range method: {', '.join(CALIBRATORS.names())} (default {DEFAULT_METHOD})",
+    )
     b.add_argument("--percentile", type=float, default=99.99, help="percentile for --method percentile (default 99.99)")
-    b.add_argument("--skip", nargs="+", default=[], metavar="NAME",
-                   help="ONNX node names of conv/gemm/matmul layers to keep in float")
+    b.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="ONNX node names of conv/gemm/matmul layers to keep in float",
+    )
     b.add_argument("--skip-first", action="store_true", help="keep the first conv/matmul layer in float")
     b.add_argument("--skip-last", action="store_true", help="keep the last conv/matmul layer in float")
-    b.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
-                   help="concrete shape of a dynamic input, e.g. input:1x3x224x224 (repeatable)")
-    b.add_argument("--preprocess", metavar="SPEC",
-                   help="image-folder preprocessing: resize=256,crop=224,mean=127,std=128,layout=NCHW (the default)")
+    b.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME:DIMS",
+        help="concrete shape of a dynamic input, e.g. input:1x3x224x224 (repeatable)",
+    )
+    b.add_argument(
+        "--preprocess",
+        metavar="SPEC",
+        help="image-folder preprocessing: resize=256,crop=224,mean=127,std=128,layout=NCHW (the default)",
+    )
     b.add_argument("--max-calib-batches", type=int, help="use at most this many calibration batches")
     b.add_argument("--dump-ir", metavar="DIR", help="write the Relax IR after each stage as TVMScript into DIR")
     b.add_argument("--stop-after", choices=STAGES, help="stop after this stage (with --dump-ir to look at the IR)")
 
-    v = sub.add_parser("verify", help="compare an artifact with the float model on held-out data",
-                       description="Runs the compiled artifact and the float model (onnxruntime) on the same data: "
-                       "top-1/top-5 agreement, accuracy when the data has 'labels', MSE, SQNR, cosine, sizes, latency.")
+    v = sub.add_parser(
+        "verify",
+        help="compare an artifact with the float model on held-out data",
+        description="Runs the compiled artifact and the float model (onnxruntime) on the same data: "
+        "top-1/top-5 agreement, accuracy when the data has 'labels', MSE, SQNR, cosine, sizes, latency.",
+    )
     v.add_argument("artifact", help="artifact directory written by qcompile build")
     v.add_argument("--model", required=True, help="the float ONNX model the artifact was built from")
     v.add_argument("--data", required=True, help="evaluation .npz (one array per input, optional integer 'labels')")
     v.add_argument("--json", metavar="FILE", help="also write the metrics as JSON to FILE")
-    v.add_argument("--max-top1-drop", type=float, metavar="POINTS",
-                   help="exit 1 when top-1 accuracy (or agreement, without labels) drops more than POINTS")
+    v.add_argument(
+        "--max-top1-drop",
+        type=float,
+        metavar="POINTS",
+        help="exit 1 when top-1 accuracy (or agreement, without labels) drops more than POINTS",
+    )
     v.add_argument("--per-layer", action="store_true", help="add a per-layer SQNR table (which layer broke it?)")
     v.add_argument("--max-samples", type=int, help="evaluate at most this many samples")
 
@@ -78,33 +107,55 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from qcompile import api
+    import qcompile as api
     from qcompile.model import parse_input_shapes
 
     config = api.BuildConfig(
-        target=args.target, bits=args.bits, method=args.method, percentile=args.percentile, skip=tuple(args.skip),
-        skip_first=args.skip_first, skip_last=args.skip_last, input_shapes=parse_input_shapes(args.input_shape),
-        preprocess=args.preprocess, max_calib_batches=args.max_calib_batches,
+        target=args.target,
+        bits=args.bits,
+        method=args.method,
+        percentile=args.percentile,
+        skip=tuple(args.skip),
+        skip_first=args.skip_first,
+        skip_last=args.skip_last,
+        input_shapes=parse_input_shapes(args.input_shape),
+        preprocess=args.preprocess,
+        max_calib_batches=args.max_calib_batches,
     )
-    result = api.build(args.model, args.output, calib=args.calib, qparams=args.qparams, config=config,
-                       dump_ir=args.dump_ir, stop_after=args.stop_after)
+    result = api.build(
+        args.model,
+        args.output,
+        calib=args.calib,
+        qparams=args.qparams,
+        config=config,
+        dump_ir=args.dump_ir,
+        stop_after=args.stop_after,
+    )
     if result.artifact is not None:
         report = json.loads((result.artifact / "report.json").read_text())
-        print(f"wrote {result.artifact}: {report['quantized_layers']} integer layers, "
-              f"{len(report['float_layers'])} float, library {report['library_bytes'] / 1e6:.2f} MB "
-              f"({100 * report['library_to_fp32_weights']:.1f}% of fp32 weights)")
+        print(
+            f"wrote {result.artifact}: {report['quantized_layers']} integer layers, "
+            f"{len(report['float_layers'])} float, library {report['library_bytes'] / 1e6:.2f} MB "
+            f"({100 * report['library_to_fp32_weights']:.1f}% of fp32 weights)"
+        )
     else:
         print(f"stopped after {args.stop_after}" + (f"; IR in {args.dump_ir}" if args.dump_ir else ""))
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from qcompile import api
+    import qcompile as api
 
     code = 0
     try:
-        metrics = api.verify(args.artifact, args.model, args.data, max_top1_drop=args.max_top1_drop,
-                             per_layer=args.per_layer, max_samples=args.max_samples)
+        metrics = api.verify(
+            args.artifact,
+            args.model,
+            args.data,
+            max_top1_drop=args.max_top1_drop,
+            per_layer=args.per_layer,
+            max_samples=args.max_samples,
+        )
     except VerificationFailed as exc:
         metrics, code = exc.metrics, 1
         print(f"qcompile: FAILED: {exc}", file=sys.stderr)
@@ -118,17 +169,21 @@ def _format_metrics(m: dict) -> str:
     lines = [f"samples: {m['samples']}"]
     for name, out in m["outputs"].items():
         lines.append(f"output {name}: " + ", ".join(f"{k}={v}" for k, v in out.items()))
-    lines.append(f"size: library {m['library_bytes'] / 1e6:.2f} MB vs fp32 weights {m['weights_fp32_bytes'] / 1e6:.2f} MB "
-                 f"({100 * m['library_to_fp32_weights']:.1f}%)")
-    lines.append(f"latency per sample: onnxruntime fp32 {m['latency_ms_fp32_onnxruntime']} ms, "
-                 f"qcompile int8 {m['latency_ms_int8_qcompile']} ms")
+    lines.append(
+        f"size: library {m['library_bytes'] / 1e6:.2f} MB vs fp32 weights {m['weights_fp32_bytes'] / 1e6:.2f} MB "
+        f"({100 * m['library_to_fp32_weights']:.1f}%)"
+    )
+    lines.append(
+        f"latency per sample: onnxruntime fp32 {m['latency_ms_fp32_onnxruntime']} ms, "
+        f"qcompile int8 {m['latency_ms_int8_qcompile']} ms"
+    )
     for row in m.get("per_layer", []):
         lines.append(f"  {row['sqnr_db']:>7.2f} dB  {row['op']:<12} {row['layer']}")
     return "\n".join(lines)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from qcompile import api
+    import qcompile as api
 
     print(f"wrote {api.run(args.artifact, args.input, args.output)}")
     return 0
@@ -160,8 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("QCOMPILE_DEBUG"):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        print(f"qcompile: internal error: {type(exc).__name__}: {first} (set QCOMPILE_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(
+            f"qcompile: internal error: {type(exc).__name__}: {first} (set QCOMPILE_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

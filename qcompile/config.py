@@ -9,7 +9,7 @@ from qcompile.errors import InputError
 from qcompile.targets import TARGETS
 
 STAGES = ("load", "canonicalize", "annotate", "calibrate", "realize", "build", "package")
-DEFAULT_METHOD = "entropy"
+DEFAULT_METHOD = "percentile"
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,12 @@ def inspect_model(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | N
         import onnx
 
         proto = onnx.load(str(path))  # readable: load_onnx only raises this after parsing it
-        return {"model": str(path), "supported": False, "problem": str(exc),
-                "ops": dict(Counter(n.op_type for n in proto.graph.node).most_common())}
+        return {
+            "model": str(path),
+            "supported": False,
+            "problem": str(exc),
+            "ops": dict(Counter(n.op_type for n in proto.graph.node).most_common()),
+        }
     graph = model.proto.graph
     params = sum(int(np.prod(i.dims)) for i in graph.initializer)
     canon = canonicalize_stage(model)
@@ -35,12 +39,14 @@ def inspect_model(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | N
     layers = []
     for var, name in canon.layer_of.items():
         ty = shapes.get(var)
-        layers.append({
-            "name": name,
-            "onnx_op": onnx_ops.get(name, "?"),
-            "output_shape": [int(d) for d in ty.shape] if ty is not None else None,
-            "quantizable": name in quantized,
-        })
+        layers.append(
+            {
+                "name": name,
+                "onnx_op": onnx_ops.get(name, "?"),
+                "output_shape": [int(d) for d in ty.shape] if ty is not None else None,
+                "quantizable": name in quantized,
+            }
+        )
     return {
         "model": str(path),
         "supported": True,
@@ -61,7 +67,9 @@ def format_inspection(info: dict) -> str:
         lines.append(f"NOT SUPPORTED: {info['problem']}")
         lines.append("ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
         return "\n".join(lines)
-    lines.append(f"opset {info['opset']}, {info['parameters']:,} parameters ({info['weights_fp32_bytes'] / 1e6:.2f} MB fp32)")
+    lines.append(
+        f"opset {info['opset']}, {info['parameters']:,} parameters ({info['weights_fp32_bytes'] / 1e6:.2f} MB fp32)"
+    )
     for i in info["inputs"]:
         lines.append(f"input  {i['name']}: {i['dtype']} {i['shape']}")
     lines.append("outputs: " + ", ".join(info["outputs"]))

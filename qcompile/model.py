@@ -181,6 +181,4 @@ def output_specs(mod, names: tuple[str, ...]) -> list[dict]:
 
     ret = mod["main"].ret_ty
     fields = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
-    return [
-        {"name": n, "shape": [int(d) for d in f.shape], "dtype": str(f.dtype)} for n, f in zip(names, fields)
-    ]
+    return [{"name": n, "shape": [int(d) for d in f.shape], "dtype": str(f.dtype)} for n, f in zip(names, fields)]

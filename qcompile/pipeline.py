@@ -60,8 +60,12 @@ def annotate_stage(canon: Canonical, config: BuildConfig, target: TargetSpec) ->
     policy = target.activation_policy(config.bits)
     skip = resolve_skips(canon.layer_names, config.skip, config.skip_first, config.skip_last)
     return annotate(
-        canon.mod, layer_of=canon.layer_of, act=SiteSpec(policy.dtype, policy.symmetric),
-        bits=config.bits, target=target.name, skip=skip,
+        canon.mod,
+        layer_of=canon.layer_of,
+        act=SiteSpec(policy.dtype, policy.symmetric),
+        bits=config.bits,
+        target=target.name,
+        skip=skip,
     )
 
 
@@ -74,10 +78,17 @@ def calibrate_stage(
         raise InputError("calibration data is required: pass --calib DATA (.npz or image folder) or --qparams FILE")
     data = load_data(calib, canon.model.inputs, "calibration", ImagePreprocess.parse(config.preprocess))
     if config.max_calib_batches is not None:
-        data = type(data)({k: v[: config.max_calib_batches * data.batch] for k, v in data.arrays.items()}, None, data.batch)
+        data = type(data)(
+            {k: v[: config.max_calib_batches * data.batch] for k, v in data.arrays.items()}, None, data.batch
+        )
     return calibrate(
-        canon.mod, plan, data, [s.name for s in canon.model.inputs], len(canon.model.outputs),
-        config.method, config.method_options,
+        canon.mod,
+        plan,
+        data,
+        [s.name for s in canon.model.inputs],
+        len(canon.model.outputs),
+        config.method,
+        config.method_options,
     )
 
 
@@ -152,8 +163,15 @@ def build(
     t = time.perf_counter()
     assert output is not None
     result.artifact = write_artifact(
-        Path(output), executable=executable, outputs=output_specs(result.realized, model_obj.outputs), model=model_obj, target=target, config=config,
-        plan=result.plan, qparams=result.qparams, timings=result.timings,
+        Path(output),
+        executable=executable,
+        outputs=output_specs(result.realized, model_obj.outputs),
+        model=model_obj,
+        target=target,
+        config=config,
+        plan=result.plan,
+        qparams=result.qparams,
+        timings=result.timings,
     )
     done("package", t)
     return result

@@ -34,8 +34,13 @@ def fashion(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("fashion")
     images, labels = load_fashion_mnist("test")
     np.savez(d / "test2000.npz", input=normalize_fashion(images[-2000:]), labels=labels[-2000:].astype(np.int64))
-    return {"model": FASHION_DIR / "model.onnx", "calib": FASHION_DIR / "calib.npz",
-            "eval": FASHION_DIR / "eval.npz", "test": d / "test2000.npz", "dir": d}
+    return {
+        "model": FASHION_DIR / "model.onnx",
+        "calib": FASHION_DIR / "calib.npz",
+        "eval": FASHION_DIR / "eval.npz",
+        "test": d / "test2000.npz",
+        "dir": d,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -49,5 +54,10 @@ def efficientnet(tmp_path_factory) -> dict[str, Path]:
     evals, labels = photo_batches("eval")
     np.savez(d / "calib.npz", input=calib)
     np.savez(d / "eval.npz", input=evals)
-    return {"model": efficientnet_lite0_onnx(batch=None), "calib": d / "calib.npz", "eval": d / "eval.npz",
-            "labels": labels, "dir": d}
+    return {
+        "model": efficientnet_lite0_onnx(batch=None),
+        "calib": d / "calib.npz",
+        "eval": d / "eval.npz",
+        "labels": labels,
+        "dir": d,
+    }

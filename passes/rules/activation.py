@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from tvm import relax
+
 from qcompile.passes.plan import OpPlan
 from qcompile.passes.rules.base import QTensor, RealizeContext, op_rule
 from qcompile.passes.rules.chain import activation_bounds
 from qcompile.passes.rules.emit import clamp_bounds
 from qcompile.passes.rules.pooling import SameScaleRule
-from tvm import relax
 
 
 @op_rule("relax.nn.relu", "relax.nn.relu6", "relax.clip")

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from qcompile.passes.plan import OpPlan, QParams, SiteSpec
 from tvm import relax
 
+from qcompile.passes.plan import OpPlan, QParams, SiteSpec
 from qcompile.registry import Registry
 
 

@@ -6,9 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from tvm import relax
+
 from qcompile.passes.rewrite import const_value, is_const, op_name
 from qcompile.passes.rules.base import AnnotateContext
-from tvm import relax
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,7 @@ def activation_bounds(value: relax.Expr) -> tuple[float, float] | None:
     return None
 
 
-def follow_chain(
-    ctx: AnnotateContext, anchor: relax.Var, bias_ok: Callable[[np.ndarray], bool] | None = None
-) -> Chain:
+def follow_chain(ctx: AnnotateContext, anchor: relax.Var, bias_ok: Callable[[np.ndarray], bool] | None = None) -> Chain:
     """Absorb `anchor -> [add const bias] -> [relu|clip]` while each link has a single reader."""
     fused: list[str] = []
     bias = None

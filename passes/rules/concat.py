@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from tvm import relax
+
 from qcompile.passes.plan import OpPlan
 from qcompile.passes.rewrite import op_name
 from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext, op_rule
 from qcompile.passes.rules.emit import centered, requantize
 from qcompile.passes.rules.fixed_point import bits_needed
-from tvm import relax
 
 
 @op_rule("relax.concat")
 class ConcatRule:
-
     def annotate(self, ctx: AnnotateContext, binding: relax.VarBinding) -> OpPlan | None:
         operands = binding.value.args[0]
         fields = list(operands.fields) if isinstance(operands, relax.Tuple) else []
@@ -23,7 +23,12 @@ class ConcatRule:
         for f in fields:
             ctx.need_site(f)
         ctx.produce(binding.var.name)
-        return OpPlan(var=binding.var.name, rule=op_name(binding.value), inputs=tuple(f.name for f in fields), output=binding.var.name)
+        return OpPlan(
+            var=binding.var.name,
+            rule=op_name(binding.value),
+            inputs=tuple(f.name for f in fields),
+            output=binding.var.name,
+        )
 
     def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> QTensor:
         out = ctx.qparams(plan.output)

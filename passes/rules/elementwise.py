@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+from tvm import relax
+
 from qcompile.passes.plan import OpPlan
 from qcompile.passes.rewrite import op_name
 from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext, op_rule
 from qcompile.passes.rules.chain import follow_chain
 from qcompile.passes.rules.emit import centered, clamp_bounds, int_const, requantize, shift_to_output
 from qcompile.passes.rules.fixed_point import bits_needed, multiplier_bits, quantize_multiplier
-from tvm import relax
 
 
 class BinaryRule:
-
     def annotate(self, ctx: AnnotateContext, binding: relax.VarBinding) -> OpPlan | None:
         args = binding.value.args
         if len(args) != 2 or not all(ctx.is_float_tensor(a) for a in args):
@@ -25,15 +25,18 @@ class BinaryRule:
             ctx.need_site(a)
         ctx.produce(chain.output.name)
         return OpPlan(
-            var=binding.var.name, rule=op_name(binding.value), inputs=tuple(a.name for a in args),
-            output=chain.output.name, fused=chain.fused, clamp=chain.clamp,
+            var=binding.var.name,
+            rule=op_name(binding.value),
+            inputs=tuple(a.name for a in args),
+            output=chain.output.name,
+            fused=chain.fused,
+            clamp=chain.clamp,
         )
 
 
 @op_rule("relax.add")
 class AddRule(BinaryRule):
     """(a - za) * Ma + (b - zb) * Mb with one shared shift: a single rounding, as TFLite's add."""
-
 
     def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> QTensor:
         a, b = (ctx.quantized(v) for v in binding.value.args)
@@ -47,9 +50,7 @@ class AddRule(BinaryRule):
             c = centered(ctx.bb, x.expr, x.qparams)
             terms.append(ctx.emit(relax.op.multiply(c, int_const(int(round(mult * scale)), "int64"))))
         total = ctx.emit(relax.op.add(terms[0], terms[1]))
-        y = shift_to_output(
-            ctx.bb, total, shift, out, ndim=0, clamp=clamp_bounds(out, plan.clamp), name=plan.output
-        )
+        y = shift_to_output(ctx.bb, total, shift, out, ndim=0, clamp=clamp_bounds(out, plan.clamp), name=plan.output)
         return QTensor(y, out)
 
 
@@ -57,14 +58,19 @@ class AddRule(BinaryRule):
 class MultiplyRule(BinaryRule):
     """(a - za) * (b - zb) in int64, requantized by sa * sb / so."""
 
-
     def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> QTensor:
         a, b = (ctx.quantized(v) for v in binding.value.args)
         out = ctx.qparams(plan.output)
         prod = ctx.emit(relax.op.multiply(centered(ctx.bb, a.expr, a.qparams), centered(ctx.bb, b.expr, b.qparams)))
         span = (a.qparams.qmax - a.qparams.qmin) * (b.qparams.qmax - b.qparams.qmin)
         y = requantize(
-            ctx.bb, prod, a.qparams.scale * b.qparams.scale, out, acc_bits=bits_needed(span), ndim=0,
-            clamp=clamp_bounds(out, plan.clamp), name=plan.output,
+            ctx.bb,
+            prod,
+            a.qparams.scale * b.qparams.scale,
+            out,
+            acc_bits=bits_needed(span),
+            ndim=0,
+            clamp=clamp_bounds(out, plan.clamp),
+            name=plan.output,
         )
         return QTensor(y, out)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from tvm import relax
+
 from qcompile.passes.plan import QParams
 from qcompile.passes.rules.fixed_point import multiplier_bits, quantize_multiplier
-from tvm import relax
 
 
 def int_const(value: np.ndarray | int, dtype: str) -> relax.Expr:

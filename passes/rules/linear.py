@@ -6,13 +6,14 @@ fused relu/clip as its clamp."""
 from __future__ import annotations
 
 import numpy as np
+from tvm import relax
+
 from qcompile.passes.plan import OpPlan
 from qcompile.passes.rewrite import const_value, is_const, op_name
 from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext, op_rule
 from qcompile.passes.rules.chain import follow_chain
 from qcompile.passes.rules.emit import channel_shape, clamp_bounds, int_const, requantize
 from qcompile.passes.rules.fixed_point import bits_needed
-from tvm import relax
 
 WEIGHT_QMAX = 127
 
@@ -95,8 +96,15 @@ class LinearRule:
             w_l1 = np.abs(wq.astype(np.int64)).sum(axis=0).max()
         acc_bits = bits_needed(float(x_span) * float(w_l1) + float(np.abs(total).max()))
         y = requantize(
-            ctx.bb, acc, acc_scale, out_qp, acc_bits=acc_bits, axis=axis, ndim=ndim,
-            clamp=clamp_bounds(out_qp, plan.clamp), name=plan.output,
+            ctx.bb,
+            acc,
+            acc_scale,
+            out_qp,
+            acc_bits=acc_bits,
+            axis=axis,
+            ndim=ndim,
+            clamp=clamp_bounds(out_qp, plan.clamp),
+            name=plan.output,
         )
         return QTensor(y, out_qp)
 
@@ -131,8 +139,13 @@ class Conv2dRule(LinearRule):
             padding = [0, 0, 0, 0]
         acc = ctx.emit(
             relax.op.nn.conv2d(
-                data, int_const(wq, "int8"), strides=[int(s) for s in attrs.strides], padding=padding,
-                dilation=[int(d) for d in attrs.dilation], groups=int(attrs.groups), out_dtype=acc_dtype,
+                data,
+                int_const(wq, "int8"),
+                strides=[int(s) for s in attrs.strides],
+                padding=padding,
+                dilation=[int(d) for d in attrs.dilation],
+                groups=int(attrs.groups),
+                out_dtype=acc_dtype,
             )
         )
         return acc, 4, 1

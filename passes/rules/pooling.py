@@ -4,17 +4,17 @@ average pools sum in int32 and divide by a fixed-point multiplier. All keep the 
 from __future__ import annotations
 
 import numpy as np
+from tvm import relax
+
 from qcompile.passes.plan import OpPlan
 from qcompile.passes.rewrite import op_name
 from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext, op_rule
 from qcompile.passes.rules.emit import int_const, requantize
 from qcompile.passes.rules.fixed_point import bits_needed
-from tvm import relax
 
 
 class SameScaleRule:
     """An op whose integer output shares its input's quantization parameters."""
-
 
     def applies(self, binding: relax.VarBinding) -> bool:
         return True
@@ -29,7 +29,6 @@ class SameScaleRule:
 
 @op_rule("relax.nn.max_pool2d")
 class MaxPoolRule(SameScaleRule):
-
     def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> QTensor:
         x = ctx.quantized(binding.value.args[0])
         y = ctx.emit(ctx.substitute(binding.value, {binding.value.args[0]: x.expr}), plan.output)
@@ -47,7 +46,6 @@ def _sum_to_output(ctx: RealizeContext, acc: relax.Expr, x: QTensor, count: int,
 @op_rule("relax.mean")
 class MeanRule(SameScaleRule):
     """Global average pooling as the frontend emits it: R.mean over spatial axes."""
-
 
     def applies(self, binding: relax.VarBinding) -> bool:
         return binding.value.attrs.axis is not None
@@ -67,7 +65,6 @@ class MeanRule(SameScaleRule):
 class AvgPoolRule(SameScaleRule):
     """Windowed average: a depthwise conv with all-ones int8 weights gives the exact window sums."""
 
-
     def applies(self, binding: relax.VarBinding) -> bool:
         attrs = binding.value.attrs
         padded = any(int(p) for p in attrs.padding)
@@ -86,8 +83,12 @@ class AvgPoolRule(SameScaleRule):
         ones = int_const(np.ones((channels, 1, kh, kw)), "int8")
         acc = ctx.emit(
             relax.op.nn.conv2d(
-                data, ones, strides=[int(s) for s in attrs.strides], dilation=[int(d) for d in attrs.dilation],
-                groups=channels, out_dtype="int32",
+                data,
+                ones,
+                strides=[int(s) for s in attrs.strides],
+                dilation=[int(d) for d in attrs.dilation],
+                groups=channels,
+                out_dtype="int32",
             )
         )
         return QTensor(_sum_to_output(ctx, acc, x, kh * kw, plan.output), x.qparams)

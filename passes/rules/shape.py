@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from tvm import relax
+
 from qcompile.passes.plan import OpPlan
 from qcompile.passes.rules.base import QTensor, RealizeContext, op_rule
 from qcompile.passes.rules.pooling import SameScaleRule
-from tvm import relax
 
 PASS_THROUGH = (
     "relax.reshape",

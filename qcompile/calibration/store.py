@@ -16,7 +16,9 @@ def qparams_to_json(qparams: dict[str, QParams], model_sha256: str, method: str)
         "format": FORMAT,
         "model_sha256": model_sha256,
         "method": method,
-        "sites": {k: {"scale": v.scale, "zero_point": v.zero_point, "dtype": v.dtype} for k, v in sorted(qparams.items())},
+        "sites": {
+            k: {"scale": v.scale, "zero_point": v.zero_point, "dtype": v.dtype} for k, v in sorted(qparams.items())
+        },
     }
 
 
@@ -33,7 +35,9 @@ def load_qparams(path: str | Path, model_sha256: str, plan: QuantPlan) -> dict[s
     if doc.get("model_sha256") != model_sha256:
         raise InputError(f"{path} was calibrated for a different model (sha256 mismatch)")
     try:
-        qparams = {k: QParams(float(v["scale"]), int(v["zero_point"]), str(v["dtype"])) for k, v in doc["sites"].items()}
+        qparams = {
+            k: QParams(float(v["scale"]), int(v["zero_point"]), str(v["dtype"])) for k, v in doc["sites"].items()
+        }
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{path} has a malformed site entry ({exc})") from None
     missing = sorted(set(plan.sites) - set(qparams))

@@ -11,8 +11,9 @@ from qcompile.targets import TARGETS
 
 def test_qparams_round_trip_gives_identical_library(block, tmp_path):
     first = build(block["model"], tmp_path / "a", calib=block["calib"], config=BuildConfig(method="percentile"))
-    again = build(block["model"], tmp_path / "b", qparams=first.artifact / "qparams.json",
-                  config=BuildConfig(method="percentile"))
+    again = build(
+        block["model"], tmp_path / "b", qparams=first.artifact / "qparams.json", config=BuildConfig(method="percentile")
+    )
     assert again.qparams == first.qparams
     a = json.loads((first.artifact / "manifest.json").read_text())["files"]["model.so"]["sha256"]
     b = json.loads((again.artifact / "manifest.json").read_text())["files"]["model.so"]["sha256"]

@@ -91,7 +91,8 @@ def test_unwritable_output_path(capsys, tmp_path, block):
 
 
 def test_bad_flag_is_one_line_exit_2():
-    proc = subprocess.run([sys.executable, "-m", "qcompile.cli", "build", "--frobnicate"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "qcompile.cli", "build", "--frobnicate"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

@@ -29,14 +29,21 @@ def block_model(path: Path, batch: int | str = 1, seed: int = 0) -> Path:
         helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], name="fc", transB=1),
     ]
     inits = [
-        _init("w1", rng.normal(size=(8, 3, 3, 3)) * 0.3), _init("b1", rng.normal(size=8)),
-        _init("g", rng.uniform(0.5, 1.5, 8)), _init("beta", rng.normal(size=8)),
-        _init("mean", rng.normal(size=8)), _init("var", rng.uniform(0.5, 2.0, 8)),
-        _init("w2", rng.normal(size=(8, 1, 3, 3)) * 0.3), _init("lo", np.array(0.0)), _init("hi", np.array(6.0)),
-        _init("w3", rng.normal(size=(10, 8))), _init("b3", rng.normal(size=10)),
+        _init("w1", rng.normal(size=(8, 3, 3, 3)) * 0.3),
+        _init("b1", rng.normal(size=8)),
+        _init("g", rng.uniform(0.5, 1.5, 8)),
+        _init("beta", rng.normal(size=8)),
+        _init("mean", rng.normal(size=8)),
+        _init("var", rng.uniform(0.5, 2.0, 8)),
+        _init("w2", rng.normal(size=(8, 1, 3, 3)) * 0.3),
+        _init("lo", np.array(0.0)),
+        _init("hi", np.array(6.0)),
+        _init("w3", rng.normal(size=(10, 8))),
+        _init("b3", rng.normal(size=10)),
     ]
     graph = helper.make_graph(
-        nodes, "block",
+        nodes,
+        "block",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 12, 12])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])],
         inits,
@@ -53,17 +60,33 @@ def unsupported_model(path: Path) -> Path:
     nodes = [
         helper.make_node("Relu", ["x"], ["r"], name="relu"),
         helper.make_node("StringNormalizer", ["s"], ["s2"], name="sn"),
-        helper.make_node("TfIdfVectorizer", ["i"], ["t"], name="tfidf", mode="TF", min_gram_length=1,
-                         max_gram_length=1, max_skip_count=0, ngram_counts=[0], ngram_indexes=[0], pool_int64s=[1]),
+        helper.make_node(
+            "TfIdfVectorizer",
+            ["i"],
+            ["t"],
+            name="tfidf",
+            mode="TF",
+            min_gram_length=1,
+            max_gram_length=1,
+            max_skip_count=0,
+            ngram_counts=[0],
+            ngram_indexes=[0],
+            pool_int64s=[1],
+        ),
     ]
     graph = helper.make_graph(
-        nodes, "bad",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
-         helper.make_tensor_value_info("s", TensorProto.STRING, [2]),
-         helper.make_tensor_value_info("i", TensorProto.INT64, [4])],
-        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 4]),
-         helper.make_tensor_value_info("s2", TensorProto.STRING, [2]),
-         helper.make_tensor_value_info("t", TensorProto.FLOAT, [1])],
+        nodes,
+        "bad",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("s", TensorProto.STRING, [2]),
+            helper.make_tensor_value_info("i", TensorProto.INT64, [4]),
+        ],
+        [
+            helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("s2", TensorProto.STRING, [2]),
+            helper.make_tensor_value_info("t", TensorProto.FLOAT, [1]),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -1,0 +1,49 @@
+"""Pretrained EfficientNet-Lite0 (ImageNet) on real photos: the int8 library agrees with fp32."""
+
+import json
+
+import numpy as np
+import pytest
+
+import qcompile
+from qcompile.runtime import Runner, open_artifact
+
+
+@pytest.fixture(scope="module")
+def effnet_artifact(efficientnet, tmp_path_factory):
+    out = tmp_path_factory.mktemp("effnet_art") / "art"
+    config = qcompile.BuildConfig(input_shapes={"input": (1, 3, 224, 224)})  # the export has a dynamic batch
+    return qcompile.build(efficientnet["model"], out, calib=efficientnet["calib"], config=config).artifact
+
+
+def test_int8_agrees_with_fp32_on_held_out_photos(efficientnet, effnet_artifact):
+    m = qcompile.verify(effnet_artifact, efficientnet["model"], efficientnet["eval"])
+    assert m["samples"] == 48
+    assert m["top5_agreement"] == 100.0, m
+    assert m["top1_agreement"] >= 85.0, m
+    assert m["sqnr_db"] >= 16.0 and m["cosine"] >= 0.99, m
+
+
+def test_int8_keeps_the_labelled_photos_right(efficientnet, effnet_artifact):
+    """Top-5 on the labelled photos is the same for the integer library as for the float model."""
+    from qcompile.verify import onnxruntime_session
+
+    runner = Runner(open_artifact(effnet_artifact))
+    session = onnxruntime_session(efficientnet["model"])
+    images = np.load(efficientnet["eval"])["input"]
+    hits_fp32 = hits_int8 = 0
+    for x, labels in zip(images, efficientnet["labels"]):
+        if labels is None:
+            continue
+        ref = session.run(None, {"input": x[None]})[0][0]
+        got = runner({"input": x[None]})[0][0]
+        hits_fp32 += bool(set(np.argsort(-ref)[:5]) & labels)
+        hits_int8 += bool(set(np.argsort(-got)[:5]) & labels)
+    assert hits_int8 == hits_fp32 and hits_fp32 >= 0.9 * sum(lab is not None for lab in efficientnet["labels"])
+
+
+def test_all_layers_integer_and_library_small(effnet_artifact):
+    plan = json.loads((effnet_artifact / "plan.json").read_text())
+    report = json.loads((effnet_artifact / "report.json").read_text())
+    assert len(plan["quantized_layers"]) == 50 and plan["float_layers"] == []
+    assert report["library_to_fp32_weights"] <= 0.34, report

@@ -1,0 +1,10 @@
+import runpy
+from pathlib import Path
+
+TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
+
+
+def test_quickstart_runs(capsys):
+    runpy.run_path(str(TUTORIALS / "01_quickstart.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "agreement" in out and "logits of 4 images" in out
