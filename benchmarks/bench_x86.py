@@ -43,7 +43,7 @@ def main() -> None:
     from qcompile.pipeline import canonicalize_stage, compile_stage, load_stage
     from qcompile.runtime import Runner, open_artifact
     from qcompile.targets import TARGETS
-    from qcompile.verify import onnxruntime_session
+    from qcompile.verification import onnxruntime_session
 
     work = Path(tempfile.mkdtemp(prefix="qcompile-bench-"))
     if args.model == "fashion":

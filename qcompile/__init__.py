@@ -17,10 +17,10 @@ _API = {
     "BuildConfig": "qcompile.config",
     "BuildResult": "qcompile.pipeline",
     "build": "qcompile.pipeline",
-    "verify": "qcompile.verify",
+    "verify": "qcompile.verification",
     "run": "qcompile.runtime",
     "open_artifact": "qcompile.runtime",
-    "inspect": "qcompile.inspect",
+    "inspect": "qcompile.inspection",
     "QCompileError": "qcompile.errors",
 }
 __all__ = ["__version__", *_API]

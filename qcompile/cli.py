@@ -190,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from qcompile.inspect import format_inspection, inspect_model
+    from qcompile.inspection import format_inspection, inspect_model
     from qcompile.model import parse_input_shapes
 
     info = inspect_model(args.model, parse_input_shapes(args.input_shape))

@@ -26,7 +26,7 @@ def test_int8_agrees_with_fp32_on_held_out_photos(efficientnet, effnet_artifact)
 
 def test_int8_keeps_the_labelled_photos_right(efficientnet, effnet_artifact):
     """Top-5 on the labelled photos is the same for the integer library as for the float model."""
-    from qcompile.verify import onnxruntime_session
+    from qcompile.verification import onnxruntime_session
 
     runner = Runner(open_artifact(effnet_artifact))
     session = onnxruntime_session(efficientnet["model"])
