@@ -105,6 +105,7 @@ class QParams:
     scale: float
     zero_point: int
     dtype: str
+    channel_mean: tuple[float, ...] | None = None  # calibration mean per channel (bias correction)
 
     def __post_init__(self) -> None:
         if not (self.scale > 0 and self.scale < float("inf")):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -19,8 +20,15 @@ from qcompile.passes.rules.emit import dequantize, quantize
 class _Realizer:
     """The RealizeContext the rules see, plus the per-binding replay step."""
 
-    def __init__(self, plan: QuantPlan, qparams: Mapping[str, QParams], bindings: list[relax.VarBinding]):
+    def __init__(
+        self,
+        plan: QuantPlan,
+        qparams: Mapping[str, QParams],
+        bindings: list[relax.VarBinding],
+        bias_correction: bool = False,
+    ):
         self.plan = plan
+        self.bias_correction = bias_correction
         self.params = qparams
         self.by_name = {b.var.name: b for b in bindings}
         self.anchors = {op.var: op for op in plan.ops}
@@ -41,6 +49,14 @@ class _Realizer:
             qp = self.qparams(var.name)
             self.ints[var.name] = QTensor(quantize(self.bb, self.floated(var), qp, f"{var.name}_q"), qp)
         return self.ints[var.name]
+
+    def input_mean(self, var: relax.Var) -> np.ndarray | None:
+        """Calibration mean per channel of `var` when bias correction is on and `var` was observed
+        itself (not through an alias such as a reshape, whose channels differ)."""
+        if not self.bias_correction or self.plan.site_of(var.name) != var.name or var.name not in self.params:
+            return None
+        mean = self.params[var.name].channel_mean
+        return None if mean is None else np.asarray(mean, dtype=np.float64)
 
     def binding(self, var: str) -> relax.VarBinding:
         return self.by_name[var]
@@ -88,14 +104,21 @@ class _Realizer:
 class RealizeIntegerOps:
     """Turn the planned float ops of `main` into integer compute (see the rules for each op)."""
 
-    def __init__(self, plan: QuantPlan, qparams: Mapping[str, QParams], expose: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        plan: QuantPlan,
+        qparams: Mapping[str, QParams],
+        expose: tuple[str, ...] = (),
+        bias_correction: bool = False,
+    ) -> None:
         self.plan = plan
+        self.bias_correction = bias_correction
         self.qparams = dict(qparams)
         self.expose = expose  # extra float outputs (dequantized), for per-layer error analysis
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         bindings = main_bindings(mod["main"])
-        realizer = _Realizer(self.plan, self.qparams, bindings)
+        realizer = _Realizer(self.plan, self.qparams, bindings, self.bias_correction)
         extra = None
         if self.expose:
             by_name = {b.var.name: b.var for b in bindings}

@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
         help="image-folder preprocessing: resize=256,crop=224,mean=127,std=128,layout=NCHW (the default)",
     )
     b.add_argument("--max-calib-batches", type=int, help="use at most this many calibration batches")
+    b.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="correct each layer's bias for the mean output shift its int8 weights cause",
+    )
     b.add_argument("--dump-ir", metavar="DIR", help="write the Relax IR after each stage as TVMScript into DIR")
     b.add_argument("--stop-after", choices=STAGES, help="stop after this stage (with --dump-ir to look at the IR)")
 
@@ -121,6 +126,7 @@ def _build(args: argparse.Namespace) -> int:
         input_shapes=parse_input_shapes(args.input_shape),
         preprocess=args.preprocess,
         max_calib_batches=args.max_calib_batches,
+        bias_correction=args.bias_correction,
     )
     result = api.build(
         args.model,

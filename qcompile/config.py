@@ -24,6 +24,7 @@ class BuildConfig:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     preprocess: str | None = None
     max_calib_batches: int | None = None
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         spec = TARGETS.get(self.target)  # unknown target: error listing the known ones

@@ -26,7 +26,8 @@ def per_layer_sqnr(artifact: Artifact, model: OnnxModel, data: Dataset, limit: i
     names = tuple(op.output for op in plan.ops)
     n_out = len(model.outputs)
     float_vm = compile_host(expose(canon.mod, names))
-    int_vm = compile_host(RealizeIntegerOps(plan, qparams, expose=names)(canon.mod))
+    realize = RealizeIntegerOps(plan, qparams, expose=names, bias_correction=config.bias_correction)
+    int_vm = compile_host(realize(canon.mod))
     inputs = [s.name for s in model.inputs]
     signal = np.zeros(len(names))
     noise = np.zeros(len(names))

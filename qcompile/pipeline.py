@@ -92,8 +92,8 @@ def calibrate_stage(
     )
 
 
-def realize_stage(canon: Canonical, plan: QuantPlan, qparams: dict[str, QParams]) -> tvm.IRModule:
-    return RealizeIntegerOps(plan, qparams)(canon.mod)
+def realize_stage(canon: Canonical, plan: QuantPlan, qparams: dict[str, QParams], config: BuildConfig) -> tvm.IRModule:
+    return RealizeIntegerOps(plan, qparams, bias_correction=config.bias_correction)(canon.mod)
 
 
 def compile_stage(mod: tvm.IRModule, target: TargetSpec):
@@ -151,7 +151,7 @@ def build(
     if done("calibrate", t):
         return result
     t = time.perf_counter()
-    result.realized = realize_stage(canon, result.plan, result.qparams)
+    result.realized = realize_stage(canon, result.plan, result.qparams, config)
     if dump:
         dump.write("04_realize", result.realized)
     if done("realize", t):

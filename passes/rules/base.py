@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 from tvm import relax
 
 from qcompile.passes.plan import OpPlan, QParams, SiteSpec
@@ -71,6 +72,8 @@ class RealizeContext(Protocol):
     def quantized(self, var: relax.Var) -> QTensor: ...
 
     def qparams(self, var: str) -> QParams: ...
+
+    def input_mean(self, var: relax.Var) -> np.ndarray | None: ...
 
     def binding(self, var: str) -> relax.VarBinding: ...
 

@@ -46,6 +46,11 @@ class LinearRule:
     def supported(self, binding: relax.VarBinding) -> bool:
         return True
 
+    def weight_error_shift(self, call, weight, wq, w_scale, mean: np.ndarray) -> np.ndarray:
+        """E[(W - Wq) x] per output channel from the input's calibration mean (bias correction,
+        Nagel et al. 2019): the systematic output shift that rounding the weights introduces."""
+        raise NotImplementedError
+
     def annotate(self, ctx: AnnotateContext, binding: relax.VarBinding) -> OpPlan | None:
         data, weight = binding.value.args[0], binding.value.args[1]
         layer = ctx.layer_of.get(binding.var.name, binding.var.name)
@@ -81,6 +86,9 @@ class LinearRule:
         acc_dtype = "int64" if x.qparams.dtype == "int16" else "int32"
         bias_limit = 2.0**40 if acc_dtype == "int64" else 2.0**29  # headroom for the products' sum
         wq, w_scale = quantize_weight(weight, self.weight_axis, np.abs(bias) / (x.qparams.scale * bias_limit))
+        mean = ctx.input_mean(call.args[0])
+        if mean is not None:
+            bias = bias + self.weight_error_shift(call, weight, wq, w_scale, mean)
         acc, ndim, axis = self.accumulate(ctx, call, x, wq, acc_dtype)
         acc_scale = x.qparams.scale * w_scale
         wsum = wq.astype(np.int64).sum(axis=tuple(i for i in range(wq.ndim) if i != self.weight_axis))
@@ -127,6 +135,14 @@ class Conv2dRule(LinearRule):
         attrs = binding.value.attrs
         return attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW"
 
+    def weight_error_shift(self, call, weight, wq, w_scale, mean: np.ndarray) -> np.ndarray:
+        delta = weight.astype(np.float64) - wq * w_scale.reshape(-1, 1, 1, 1)
+        cout, cin_per_group = delta.shape[:2]
+        groups = int(call.attrs.groups)
+        group_of = np.arange(cout) // (cout // groups)
+        inputs = group_of[:, None] * cin_per_group + np.arange(cin_per_group)[None, :]
+        return np.einsum("oihw,oi->o", delta, mean[inputs])
+
     def accumulate(self, ctx, call, x: QTensor, wq: np.ndarray, acc_dtype: str):
         attrs = call.attrs
         top, left, bottom, right = (int(p) for p in attrs.padding)
@@ -157,6 +173,10 @@ class MatmulRule(LinearRule):
 
     def supported(self, binding: relax.VarBinding) -> bool:
         return const_value(binding.value.args[1]).ndim == 2
+
+    def weight_error_shift(self, call, weight, wq, w_scale, mean: np.ndarray) -> np.ndarray:
+        delta = weight.astype(np.float64) - wq * w_scale.reshape(1, -1)
+        return mean @ delta
 
     def accumulate(self, ctx, call, x: QTensor, wq: np.ndarray, acc_dtype: str):
         acc = ctx.emit(relax.op.matmul(x.expr, int_const(wq, "int8"), out_dtype=acc_dtype))

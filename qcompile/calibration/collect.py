@@ -4,6 +4,7 @@ stream the calibration set through it once and feed each site's values to its ob
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import tvm
@@ -67,4 +68,7 @@ def calibrate(
     options: MethodOptions,
 ) -> dict[str, QParams]:
     observers = observe(mod, plan, data, input_names, num_outputs)
-    return {s: qparams_for(obs, plan.sites[s], method, options) for s, obs in observers.items()}
+    return {
+        s: replace(qparams_for(obs, plan.sites[s], method, options), channel_mean=obs.channel_mean())
+        for s, obs in observers.items()
+    }

@@ -21,8 +21,11 @@ class RangeObserver:
         self.hist = np.zeros(BINS, dtype=np.float64)
         self.count = 0
         self.zeros = 0  # exact zeros (ReLU's clamped half): exactly representable at any scale
+        self.channel_sum: np.ndarray | None = None  # per-channel sums, for bias correction
+        self.channel_count = 0
 
     def update(self, values: np.ndarray) -> None:
+        self._update_channels(np.asarray(values))
         x = np.asarray(values, dtype=np.float32).ravel()
         if x.size == 0:
             return
@@ -41,6 +44,22 @@ class RangeObserver:
         self.hist += counts
         self.count += x.size
         self.zeros += int(x.size - np.count_nonzero(x))
+
+    def _update_channels(self, values: np.ndarray) -> None:
+        """Channels are axis 1 of NCHW / [N, K] tensors and the last axis otherwise."""
+        if values.ndim < 2:
+            return
+        axis = 1 if values.ndim in (2, 4) else values.ndim - 1
+        moved = np.moveaxis(values.astype(np.float64), axis, -1).reshape(-1, values.shape[axis])
+        if self.channel_sum is None or self.channel_sum.shape[0] != moved.shape[1]:
+            self.channel_sum, self.channel_count = np.zeros(moved.shape[1]), 0
+        self.channel_sum += moved.sum(axis=0)
+        self.channel_count += moved.shape[0]
+
+    def channel_mean(self) -> tuple[float, ...] | None:
+        if self.channel_sum is None or self.channel_count == 0:
+            return None
+        return tuple(float(v) for v in self.channel_sum / self.channel_count)
 
     def _double(self) -> None:
         merged = self.hist.reshape(-1, 2).sum(axis=1)

@@ -17,7 +17,8 @@ def qparams_to_json(qparams: dict[str, QParams], model_sha256: str, method: str)
         "model_sha256": model_sha256,
         "method": method,
         "sites": {
-            k: {"scale": v.scale, "zero_point": v.zero_point, "dtype": v.dtype} for k, v in sorted(qparams.items())
+            k: {"scale": v.scale, "zero_point": v.zero_point, "dtype": v.dtype, "channel_mean": v.channel_mean}
+            for k, v in sorted(qparams.items())
         },
     }
 
@@ -36,7 +37,8 @@ def load_qparams(path: str | Path, model_sha256: str, plan: QuantPlan) -> dict[s
         raise InputError(f"{path} was calibrated for a different model (sha256 mismatch)")
     try:
         qparams = {
-            k: QParams(float(v["scale"]), int(v["zero_point"]), str(v["dtype"])) for k, v in doc["sites"].items()
+            k: QParams(float(v["scale"]), int(v["zero_point"]), str(v["dtype"]), _means(v.get("channel_mean")))
+            for k, v in doc["sites"].items()
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{path} has a malformed site entry ({exc})") from None
@@ -48,3 +50,7 @@ def load_qparams(path: str | Path, model_sha256: str, plan: QuantPlan) -> dict[s
             "calibrate again with the same --bits/--skip options"
         )
     return {s: qparams[s] for s in plan.sites}
+
+
+def _means(values: list | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(float(x) for x in values)

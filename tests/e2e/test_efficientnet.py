@@ -12,7 +12,11 @@ from qcompile.runtime import Runner, open_artifact
 @pytest.fixture(scope="module")
 def effnet_artifact(efficientnet, tmp_path_factory):
     out = tmp_path_factory.mktemp("effnet_art") / "art"
-    config = qcompile.BuildConfig(input_shapes={"input": (1, 3, 224, 224)})  # the export has a dynamic batch
+    # The best configuration measured: MSE ranges and bias correction (int8 per-channel weights alone
+    # cost ~19 dB of logit SQNR on this model; correcting their mean shift recovers ~5 dB).
+    config = qcompile.BuildConfig(
+        input_shapes={"input": (1, 3, 224, 224)}, method="mse", bias_correction=True
+    )  # the export has a dynamic batch
     return qcompile.build(efficientnet["model"], out, calib=efficientnet["calib"], config=config).artifact
 
 
@@ -20,8 +24,8 @@ def test_int8_agrees_with_fp32_on_held_out_photos(efficientnet, effnet_artifact)
     m = qcompile.verify(effnet_artifact, efficientnet["model"], efficientnet["eval"])
     assert m["samples"] == 48
     assert m["top5_agreement"] == 100.0, m
-    assert m["top1_agreement"] >= 85.0, m
-    assert m["sqnr_db"] >= 16.0 and m["cosine"] >= 0.99, m
+    assert m["top1_agreement"] >= 97.0, m
+    assert m["sqnr_db"] >= 22.0 and m["cosine"] >= 0.995, m
 
 
 def test_int8_keeps_the_labelled_photos_right(efficientnet, effnet_artifact):

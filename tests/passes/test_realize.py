@@ -17,7 +17,7 @@ def _realize(block, **overrides):
     canon = canonicalize_stage(load_stage(block["model"], config))
     plan = annotate_stage(canon, config, TARGETS.get("x86"))
     qparams = calibrate_stage(canon, plan, config, block["calib"], None)
-    return canon, plan, qparams, realize_stage(canon, plan, qparams)
+    return canon, plan, qparams, realize_stage(canon, plan, qparams, config)
 
 
 def _calls(mod: tvm.IRModule, name: str) -> list[relax.Call]:
@@ -56,6 +56,26 @@ def test_skip_first_and_last_pick_layers_by_graph_order(block):
     _, plan, _, _ = _realize(block, skip_first=True, skip_last=True)
     assert set(plan.float_layers) == {"conv1", "fc"}
     assert plan.quantized_layers == ("dw",)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 8])
+def test_bias_correction_is_the_mean_output_shift_of_rounded_weights(groups):
+    """weight_error_shift(mean) equals the conv of a constant (per-channel mean) input by W - Wq."""
+    import torch
+
+    from qcompile.passes.rules.linear import Conv2dRule, quantize_weight
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(8, 8 // groups, 3, 3))
+    mean = rng.uniform(0.0, 2.0, size=8)
+    wq, scale = quantize_weight(weight, 0)
+    call = type("Call", (), {"attrs": type("Attrs", (), {"groups": groups})()})()
+    shift = Conv2dRule().weight_error_shift(call, weight, wq, scale, mean)
+    delta = torch.tensor(weight - wq * scale.reshape(-1, 1, 1, 1))
+    const_input = torch.tensor(np.broadcast_to(mean.reshape(1, 8, 1, 1), (1, 8, 3, 3)).copy())
+    expected = torch.nn.functional.conv2d(const_input, delta, groups=groups).numpy().reshape(-1)
+    np.testing.assert_allclose(shift, expected, rtol=1e-10, atol=1e-12)
+    assert np.abs(shift).max() > 0
 
 
 def test_realized_model_tracks_float_model(block):
