@@ -8,23 +8,14 @@ import onnxruntime as ort
 from qcompile.cli import main
 
 
+def _build(model, calib, out=None, *extra) -> int:
+    args = ["build", str(model), "--calib", str(calib), *map(str, extra)]
+    return main(args + (["-o", str(out)] if out is not None else []))
+
+
 def test_build_verify_run_inspect(capsys, tmp_path, block):
     art = tmp_path / "art"
-    assert (
-        main(
-            [
-                "build",
-                str(block["model"]),
-                "--calib",
-                str(block["calib"]),
-                "-o",
-                str(art),
-                "--dump-ir",
-                str(tmp_path / "ir"),
-            ]
-        )
-        == 0
-    )
+    assert _build(block["model"], block["calib"], art, "--dump-ir", tmp_path / "ir") == 0
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["inputs"] == [{"name": "input", "shape": [1, 3, 12, 12], "dtype": "float32"}]
     assert manifest["outputs"] == [{"name": "logits", "shape": [1, 10], "dtype": "float32"}]
@@ -34,50 +25,20 @@ def test_build_verify_run_inspect(capsys, tmp_path, block):
     assert 'out_dtype="int32"' in realized and "uint8" in realized
 
     metrics_file = tmp_path / "m.json"
-    assert (
-        main(
-            [
-                "verify",
-                str(art),
-                "--model",
-                str(block["model"]),
-                "--data",
-                str(block["eval"]),
-                "--json",
-                str(metrics_file),
-                "--per-layer",
-            ]
-        )
-        == 0
-    )
+    verify = ["verify", str(art), "--model", str(block["model"]), "--data", str(block["eval"])]
+    assert main([*verify, "--json", str(metrics_file), "--per-layer"]) == 0
     metrics = json.loads(metrics_file.read_text())
-    for key in (
-        "top1_agreement",
-        "top1_fp32",
-        "top1_int8",
-        "sqnr_db",
-        "cosine",
-        "latency_ms_int8_qcompile",
-        "latency_ms_fp32_onnxruntime",
-        "library_bytes",
-        "weights_fp32_bytes",
-    ):
+    for key in ("top1_agreement", "top1_fp32", "top1_int8", "sqnr_db", "cosine", "latency_ms_int8_qcompile",
+                "latency_ms_fp32_onnxruntime", "library_bytes", "weights_fp32_bytes"):  # fmt: skip
         assert key in metrics, key
-    assert [row["layer"] for row in metrics["per_layer"] if row["op"] in ("nn.conv2d", "matmul")] == [
-        "conv1",
-        "dw",
-        "fc",
-    ]
+    layers = [row["layer"] for row in metrics["per_layer"] if row["op"] in ("nn.conv2d", "matmul")]
+    assert layers == ["conv1", "dw", "fc"]
 
     out = tmp_path / "y.npz"
     assert main(["run", str(art), "--input", str(block["eval"]), "-o", str(out)]) == 0
     got = np.load(out)["logits"]
-    ref = np.concatenate(
-        [
-            ort.InferenceSession(str(block["model"])).run(None, {"input": x[None]})[0]
-            for x in np.load(block["eval"])["input"]
-        ]
-    )
+    session = ort.InferenceSession(str(block["model"]))
+    ref = np.concatenate([session.run(None, {"input": x[None]})[0] for x in np.load(block["eval"])["input"]])
     assert got.shape == ref.shape == (16, 10)
     assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.9
 
@@ -90,52 +51,18 @@ def test_build_verify_run_inspect(capsys, tmp_path, block):
 
 def test_verify_bar_fails_with_exit_1(capsys, tmp_path, block):
     art = tmp_path / "art"
-    assert (
-        main(
-            [
-                "build",
-                str(block["model"]),
-                "--calib",
-                str(block["calib"]),
-                "-o",
-                str(art),
-                "--skip-first",
-                "--method",
-                "minmax",
-            ]
-        )
-        == 0
-    )
+    assert _build(block["model"], block["calib"], art, "--skip-first", "--method", "minmax") == 0
     # labels of the synthetic set are arbitrary, so accuracy is ~10%; a negative budget cannot hold
-    code = main(
-        ["verify", str(art), "--model", str(block["model"]), "--data", str(block["eval"]), "--max-top1-drop", "-1"]
-    )
+    verify = ["verify", str(art), "--model", str(block["model"]), "--data", str(block["eval"])]
+    code = main([*verify, "--max-top1-drop", "-1"])
     assert code == 1 and "exceeds --max-top1-drop" in capsys.readouterr().err
 
 
 def test_stop_after_realize_writes_ir_but_no_artifact(tmp_path, block):
-    assert (
-        main(
-            [
-                "build",
-                str(block["model"]),
-                "--calib",
-                str(block["calib"]),
-                "--stop-after",
-                "realize",
-                "--dump-ir",
-                str(tmp_path / "ir"),
-            ]
-        )
-        == 0
-    )
+    assert _build(block["model"], block["calib"], None, "--stop-after", "realize", "--dump-ir", tmp_path / "ir") == 0
     assert sorted(p.name for p in (tmp_path / "ir").iterdir()) == [
-        "00_import.py",
-        "01_canonicalize.py",
-        "02_annotate.json",
-        "03_calibrate.json",
-        "04_realize.py",
-    ]
+        "00_import.py", "01_canonicalize.py", "02_annotate.json", "03_calibrate.json", "04_realize.py",
+    ]  # fmt: skip
 
 
 def test_dynamic_batch_needs_no_flag_and_accepts_input_shape(tmp_path):
@@ -143,19 +70,5 @@ def test_dynamic_batch_needs_no_flag_and_accepts_input_shape(tmp_path):
 
     model = block_model(tmp_path / "dyn.onnx", batch="N")
     np.savez(tmp_path / "c.npz", input=random_inputs(8, 0))
-    assert (
-        main(
-            [
-                "build",
-                str(model),
-                "--calib",
-                str(tmp_path / "c.npz"),
-                "-o",
-                str(tmp_path / "a"),
-                "--input-shape",
-                "input:1x3x12x12",
-            ]
-        )
-        == 0
-    )
-    assert main(["build", str(model), "--calib", str(tmp_path / "c.npz"), "-o", str(tmp_path / "b")]) == 0
+    assert _build(model, tmp_path / "c.npz", tmp_path / "a", "--input-shape", "input:1x3x12x12") == 0
+    assert _build(model, tmp_path / "c.npz", tmp_path / "b") == 0
