@@ -11,7 +11,7 @@ from tvm import relax
 
 from qcompile.errors import InputError
 from qcompile.passes.plan import OpPlan, QuantPlan, SiteSpec
-from qcompile.passes.rewrite import main_bindings, op_name, var_uses
+from qcompile.passes.rewrite import main_bindings, op_name, operands, var_uses
 from qcompile.passes.rules import OP_RULES, AnnotateContext
 
 
@@ -42,7 +42,7 @@ def annotate(
     bindings = main_bindings(func)
     consumers: dict[relax.Var, list[relax.VarBinding]] = {}
     for b in bindings:
-        for a in _operands(b.value):
+        for a in operands(b.value):
             consumers.setdefault(a, []).append(b)
     ctx = AnnotateContext(
         bindings={b.var.name: b for b in bindings},
@@ -84,16 +84,3 @@ def _dequantize_wide_outputs(ops: list[OpPlan], sites: dict[str, SiteSpec]) -> t
             sites.pop(op.output, None)
         out.append(op)
     return out, sites
-
-
-def _operands(expr: relax.Expr) -> list[relax.Var]:
-    """The variables a binding reads directly (through tuples too)."""
-    if isinstance(expr, relax.Var):
-        return [expr]
-    if isinstance(expr, relax.Call):
-        return [v for a in expr.args for v in _operands(a)]
-    if isinstance(expr, relax.Tuple):
-        return [v for f in expr.fields for v in _operands(f)]
-    if isinstance(expr, relax.TupleGetItem):
-        return _operands(expr.tuple_value)
-    return []

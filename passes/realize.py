@@ -10,9 +10,8 @@ import tvm
 from tvm import relax
 
 from qcompile.errors import QCompileError
-from qcompile.passes.annotate import _operands
 from qcompile.passes.plan import QParams, QuantPlan
-from qcompile.passes.rewrite import Env, copy_binding, main_bindings, replay, substitute
+from qcompile.passes.rewrite import Env, copy_binding, main_bindings, operands, replay, substitute
 from qcompile.passes.rules import OP_RULES, QTensor
 from qcompile.passes.rules.emit import dequantize, quantize
 
@@ -90,12 +89,12 @@ class _Realizer:
             return
         if name in self.fused:
             return
-        for var in _operands(binding.value):
+        for var in operands(binding.value):
             self.floated(var)
         copy_binding(bb, env, binding)
 
     def finish(self, bb: relax.BlockBuilder, env: Env, body: relax.Expr) -> relax.Expr:
-        for var in _operands(body):
+        for var in operands(body):
             self.floated(var)
         return substitute(body, env)
 

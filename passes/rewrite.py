@@ -35,25 +35,25 @@ def substitute(expr: relax.Expr, env: Env) -> relax.Expr:
     return expr
 
 
+def operands(expr: relax.Expr) -> list[relax.Var]:
+    """The variables an expression reads directly (through calls, tuples and tuple-get-item)."""
+    if isinstance(expr, relax.Var):
+        return [expr]
+    if isinstance(expr, relax.Call):
+        return [v for a in expr.args for v in operands(a)]
+    if isinstance(expr, relax.Tuple):
+        return [v for f in expr.fields for v in operands(f)]
+    if isinstance(expr, relax.TupleGetItem):
+        return operands(expr.tuple_value)
+    return []
+
+
 def var_uses(bindings: Sequence[relax.VarBinding], func: relax.Function) -> dict[relax.Var, int]:
     """How many times each variable is read (by bindings and by the function's return value)."""
     counts: dict[relax.Var, int] = {}
-
-    def count(expr: relax.Expr) -> None:
-        if isinstance(expr, relax.Var):
-            counts[expr] = counts.get(expr, 0) + 1
-        elif isinstance(expr, relax.Call):
-            for a in expr.args:
-                count(a)
-        elif isinstance(expr, relax.Tuple):
-            for f in expr.fields:
-                count(f)
-        elif isinstance(expr, relax.TupleGetItem):
-            count(expr.tuple_value)
-
-    for b in bindings:
-        count(b.value)
-    count(func.body.body)
+    for expr in [b.value for b in bindings] + [func.body.body]:
+        for var in operands(expr):
+            counts[var] = counts.get(var, 0) + 1
     return counts
 
 

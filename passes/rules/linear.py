@@ -91,7 +91,9 @@ class LinearRule:
             bias = bias + self.weight_error_shift(call, weight, wq, w_scale, mean)
         acc, ndim, axis = self.accumulate(ctx, call, x, wq, acc_dtype)
         acc_scale = x.qparams.scale * w_scale
-        wsum = wq.astype(np.int64).sum(axis=tuple(i for i in range(wq.ndim) if i != self.weight_axis))
+        reduce = tuple(i for i in range(wq.ndim) if i != self.weight_axis)  # all but the output channel
+        wide = wq.astype(np.int64)
+        wsum = wide.sum(axis=reduce)
         total = -x.qparams.zero_point * wsum + np.round(bias.astype(np.float64) / acc_scale).astype(np.int64)
         if np.any(total != 0):
             acc = ctx.emit(relax.op.add(acc, int_const(channel_shape(total, ndim, axis), acc_dtype)))
@@ -99,9 +101,7 @@ class LinearRule:
             return _dequantize_accumulator(ctx, acc, acc_scale, ndim, axis, plan)
         out_qp = ctx.qparams(plan.output)
         x_span = max(abs(x.qparams.qmin - x.qparams.zero_point), abs(x.qparams.qmax - x.qparams.zero_point))
-        w_l1 = np.abs(wq.astype(np.int64)).reshape(wq.shape[0], -1).sum(axis=1).max()
-        if self.weight_axis != 0:
-            w_l1 = np.abs(wq.astype(np.int64)).sum(axis=0).max()
+        w_l1 = np.abs(wide).sum(axis=reduce).max()
         acc_bits = bits_needed(float(x_span) * float(w_l1) + float(np.abs(total).max()))
         y = requantize(
             ctx.bb,
