@@ -115,13 +115,14 @@ def _parse_bound(value: relax.Expr) -> tuple[relax.Expr, str, float] | None:
     if op_name(value) != "relax.call_tir":
         return None
     func, args = value.args[0], value.args[1]
-    kind = getattr(func, "name_hint", "")
-    if kind not in ("maximum", "minimum") or not isinstance(args, relax.Tuple) or len(args.fields) != 2:
+    # The frontend names each legalized bound maximum, maximum1, maximum2, ... (one PrimFunc per shape).
+    match = re.fullmatch(r"(maximum|minimum)\d*", getattr(func, "name_hint", ""))
+    if match is None or not isinstance(args, relax.Tuple) or len(args.fields) != 2:
         return None
     x, bound = args.fields
     if not is_const(bound) or const_value(bound).size != 1:
         return None
-    return x, kind, float(const_value(bound).reshape(()))
+    return x, match.group(1), float(const_value(bound).reshape(()))
 
 
 @tvm.transform.module_pass(opt_level=0, name="FoldAffineIntoLayer")

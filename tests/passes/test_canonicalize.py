@@ -27,6 +27,20 @@ def test_batchnorm_and_bias_fold_into_conv_and_clip_is_one_op(block):
     assert ops[first + 1 : first + 3] == ["relax.add", "relax.nn.relu"]
 
 
+def test_every_clip_becomes_one_op_whatever_its_primfunc_is_called(tmp_path):
+    from tests.support.synthetic import relu6_stack_model
+
+    model = relu6_stack_model(tmp_path / "relu6.onnx")
+    imported = load_stage(model, BuildConfig())
+    canon = canonicalize_stage(imported)
+    ops = _ops(canon.mod)
+    assert "relax.call_tir" not in ops and ops.count("relax.clip") == 2, ops
+    vm = compile_host(canon.mod)
+    x = random_inputs(1, seed=5)
+    ref = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(run_vm(vm, {"input": x}, ["input"])[0], ref, rtol=1e-4, atol=1e-4)
+
+
 def test_layers_are_named_after_onnx_nodes(block):
     canon = canonicalize_stage(load_stage(block["model"], BuildConfig()))
     assert canon.layer_names == ["conv1", "dw", "fc"]

@@ -55,6 +55,36 @@ def block_model(path: Path, batch: int | str = 1, seed: int = 0) -> Path:
     return path
 
 
+def relu6_stack_model(path: Path) -> Path:
+    """conv -> Clip(0, 6) -> strided conv -> Clip(0, 6): two Clips of different shapes, which the frontend
+    lowers to differently named PrimFuncs (maximum, maximum1, ...)."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"], name="clip1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", strides=[2, 2]),
+        helper.make_node("Clip", ["c2", "lo", "hi"], ["out"], name="clip2"),
+    ]
+    inits = [
+        _init("w1", rng.normal(size=(4, 3, 3, 3))),
+        _init("w2", rng.normal(size=(4, 4, 2, 2))),
+        _init("lo", np.array(0.0)),
+        _init("hi", np.array(6.0)),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "relu6_stack",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 6, 6])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def unsupported_model(path: Path) -> Path:
     """Two ops TVM's ONNX frontend does not convert, to check they are reported together."""
     nodes = [
