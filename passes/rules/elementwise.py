@@ -44,13 +44,13 @@ class AddRule(BinaryRule):
         ma, mb = a.qparams.scale / out.scale, b.qparams.scale / out.scale
         in_bits = bits_needed(max(a.qparams.qmax - a.qparams.qmin, b.qparams.qmax - b.qparams.qmin)) + 1
         _, shift = quantize_multiplier(np.array([max(ma, mb)]), multiplier_bits(in_bits))
-        scale = np.exp2(float(shift[0]))
+        scale = np.exp2(float(shift))
         terms = []
         for x, mult in ((a, ma), (b, mb)):
             c = centered(ctx.bb, x.expr, x.qparams)
             terms.append(ctx.emit(relax.op.multiply(c, int_const(int(round(mult * scale)), "int64"))))
         total = ctx.emit(relax.op.add(terms[0], terms[1]))
-        y = shift_to_output(ctx.bb, total, shift, out, ndim=0, clamp=clamp_bounds(out, plan.clamp), name=plan.output)
+        y = shift_to_output(ctx.bb, total, shift, out, clamp=clamp_bounds(out, plan.clamp), name=plan.output)
         return QTensor(y, out)
 
 

@@ -58,25 +58,26 @@ def requantize(
     multiplier = np.atleast_1d(np.asarray(acc_scale, dtype=np.float64)) / out.scale
     m, shift = quantize_multiplier(multiplier, multiplier_bits(acc_bits))
     y = bb.emit(relax.op.astype(acc, "int64"))
-    y = bb.emit(relax.op.multiply(y, int_const(channel_shape(m, ndim, axis), "int64")))
-    return shift_to_output(bb, y, shift, out, axis=axis, ndim=ndim, clamp=clamp, name=name)
+    if m.size == 1:
+        factor = int_const(int(m[0]), "int64")
+    else:  # stored as int32 (m < 2**31) and widened inside the fused kernel: a third of the bytes
+        factor = bb.emit(relax.op.astype(int_const(channel_shape(m, ndim, axis), "int32"), "int64"))
+    y = bb.emit(relax.op.multiply(y, factor))
+    return shift_to_output(bb, y, shift, out, clamp=clamp, name=name)
 
 
 def shift_to_output(
     bb: relax.BlockBuilder,
     y: relax.Expr,
-    shift: np.ndarray,
+    shift: int,
     out: QParams,
     *,
-    axis: int = 1,
-    ndim: int = 4,
     clamp: tuple[int, int] | None = None,
     name: str = "rq",
 ) -> relax.Expr:
     """int64 y (real = y * out.scale * 2**-shift) -> rounded, shifted, offset, clamped out.dtype."""
-    rounding = np.left_shift(np.int64(1), shift - 1)
-    y = bb.emit(relax.op.add(y, int_const(channel_shape(rounding, ndim, axis), "int64")))
-    y = bb.emit(relax.op.right_shift(y, int_const(channel_shape(shift, ndim, axis), "int64")))
+    y = bb.emit(relax.op.add(y, int_const(1 << (shift - 1), "int64")))
+    y = bb.emit(relax.op.right_shift(y, int_const(shift, "int64")))
     if out.zero_point:
         y = bb.emit(relax.op.add(y, int_const(out.zero_point, "int64")))
     lo, hi = clamp if clamp is not None else (out.qmin, out.qmax)
