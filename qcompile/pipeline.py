@@ -16,6 +16,7 @@ from qcompile.calibration.store import load_qparams, qparams_to_json
 from qcompile.config import STAGES, BuildConfig
 from qcompile.data import ImagePreprocess, load_data
 from qcompile.errors import InputError
+from qcompile.lowering import compile_module
 from qcompile.model import OnnxModel, load_onnx, output_specs, to_relax
 from qcompile.passes.annotate import annotate, resolve_skips
 from qcompile.passes.canonicalize import canonicalize
@@ -97,7 +98,7 @@ def realize_stage(canon: Canonical, plan: QuantPlan, qparams: dict[str, QParams]
 
 
 def compile_stage(mod: tvm.IRModule, target: TargetSpec):
-    return tvm.compile(mod, target=target.tvm())
+    return compile_module(mod, target.tvm())
 
 
 def build(

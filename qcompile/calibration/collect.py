@@ -14,6 +14,7 @@ from qcompile.calibration.methods import MethodOptions, qparams_for
 from qcompile.calibration.observer import RangeObserver
 from qcompile.data import Dataset
 from qcompile.errors import CalibrationDataError
+from qcompile.lowering import compile_module
 from qcompile.passes.plan import QParams, QuantPlan
 from qcompile.passes.rewrite import copy_binding, main_bindings, replay
 from qcompile.progress import progress
@@ -33,7 +34,7 @@ def expose(mod: tvm.IRModule, names: Sequence[str]) -> tvm.IRModule:
 
 
 def compile_host(mod: tvm.IRModule):
-    ex = tvm.compile(mod, target=tvm.target.Target(dict(HOST)))
+    ex = compile_module(mod, tvm.target.Target(dict(HOST)))
     return relax.VirtualMachine(ex, tvm.cpu())
 
 
