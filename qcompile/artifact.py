@@ -68,7 +68,7 @@ def write_artifact(
         library = staging / target.library_name
         # -s: no symbol tables in a deployable library (the VM finds kernels through its own table).
         executable.export_library(str(library), options=["-s"])
-        _write_json(staging / "qparams.json", qparams_to_json(qparams, model.sha256, config.method))
+        _write_json(staging / "qparams.json", qparams_to_json(qparams, model.sha256, config.method), compact=True)
         _write_json(staging / "plan.json", plan.to_json())
         policy = target.activation_policy(config.bits)
         report = {
@@ -120,5 +120,7 @@ def _move_into_place(staging: Path, output: Path) -> None:
         os.rename(staging, output)
 
 
-def _write_json(path: Path, doc: dict) -> None:
-    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+def _write_json(path: Path, doc: dict, compact: bool = False) -> None:
+    """Indented for people; `compact` for machine data (qparams.json holds tens of thousands of numbers)."""
+    text = json.dumps(doc, separators=(",", ":")) if compact else json.dumps(doc, indent=2)
+    path.write_text(text + "\n")

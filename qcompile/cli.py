@@ -74,8 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--max-calib-batches", type=int, help="use at most this many calibration batches")
     b.add_argument(
         "--bias-correction",
-        action="store_true",
-        help="correct each layer's bias for the mean output shift its int8 weights cause",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="correct each layer's bias for the mean output shift its int8 weights cause (default on)",
     )
     b.add_argument("--dump-ir", metavar="DIR", help="write the Relax IR after each stage as TVMScript into DIR")
     b.add_argument("--stop-after", choices=STAGES, help="stop after this stage (with --dump-ir to look at the IR)")
@@ -139,10 +140,11 @@ def _build(args: argparse.Namespace) -> int:
     )
     if result.artifact is not None:
         report = json.loads((result.artifact / "report.json").read_text())
+        total = sum(p.stat().st_size for p in result.artifact.iterdir() if p.is_file())
         print(
             f"wrote {result.artifact}: {report['quantized_layers']} integer layers, "
-            f"{len(report['float_layers'])} float, library {report['library_bytes'] / 1e6:.2f} MB "
-            f"({100 * report['library_to_fp32_weights']:.1f}% of fp32 weights)"
+            f"{len(report['float_layers'])} float, {total / 1e6:.2f} MB "
+            f"({100 * total / max(report['weights_fp32_bytes'], 1):.1f}% of the fp32 weights)"
         )
     else:
         print(f"stopped after {args.stop_after}" + (f"; IR in {args.dump_ir}" if args.dump_ir else ""))
@@ -176,8 +178,8 @@ def _format_metrics(m: dict) -> str:
     for name, out in m["outputs"].items():
         lines.append(f"output {name}: " + ", ".join(f"{k}={v}" for k, v in out.items()))
     lines.append(
-        f"size: library {m['library_bytes'] / 1e6:.2f} MB vs fp32 weights {m['weights_fp32_bytes'] / 1e6:.2f} MB "
-        f"({100 * m['library_to_fp32_weights']:.1f}%)"
+        f"size: library {m['library_bytes'] / 1e6:.2f} MB, whole artifact {m['artifact_bytes'] / 1e6:.2f} MB "
+        f"({100 * m['artifact_to_fp32_weights']:.1f}% of the fp32 weights, {m['weights_fp32_bytes'] / 1e6:.2f} MB)"
     )
     lines.append(
         f"latency per sample: onnxruntime fp32 {m['latency_ms_fp32_onnxruntime']} ms, "

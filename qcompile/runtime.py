@@ -26,6 +26,11 @@ class Artifact:
     def library(self) -> Path:
         return self.path / self.manifest["library"]
 
+    @property
+    def total_bytes(self) -> int:
+        """Everything a deployment copies: the library and every JSON file beside it."""
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
     def read_json(self, name: str) -> dict:
         return json.loads((self.path / name).read_text())
 

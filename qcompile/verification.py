@@ -67,6 +67,8 @@ def verify(
         "weights_fp32_bytes": report["weights_fp32_bytes"],
         "library_bytes": report["library_bytes"],
         "library_to_fp32_weights": report["library_to_fp32_weights"],
+        "artifact_bytes": artifact.total_bytes,
+        "artifact_to_fp32_weights": round(artifact.total_bytes / max(report["weights_fp32_bytes"], 1), 4),
         "latency_ms_fp32_onnxruntime": round(1e3 * float(np.median(t_ref)) / data.batch, 3),
         "latency_ms_int8_qcompile": round(1e3 * float(np.median(t_test)) / data.batch, 3),
     }

@@ -20,7 +20,7 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="qcompile-quickstart-"))
 
     # 1. Build: ONNX -> Relax -> annotate -> calibrate (128 real training images) -> realize -> compile.
-    config = qcompile.BuildConfig(target="x86", bits=8, method="percentile")
+    config = qcompile.BuildConfig(target="x86", bits=8)
     result = qcompile.build(EXAMPLE / "model.onnx", out / "fashion-int8", calib=EXAMPLE / "calib.npz", config=config)
     artifact = result.artifact
     print("artifact:", artifact, sorted(p.name for p in artifact.iterdir()))

@@ -57,9 +57,11 @@ class RangeObserver:
         self.channel_count += moved.shape[0]
 
     def channel_mean(self) -> tuple[float, ...] | None:
+        """Per-channel means to 6 significant digits: bias correction needs far fewer, qparams.json (shipped
+        in every artifact) stays small, and reloading it with --qparams gives back exactly these values."""
         if self.channel_sum is None or self.channel_count == 0:
             return None
-        return tuple(float(v) for v in self.channel_sum / self.channel_count)
+        return tuple(float(f"{v:.6g}") for v in self.channel_sum / self.channel_count)
 
     def _double(self) -> None:
         merged = self.hist.reshape(-1, 2).sum(axis=1)

@@ -29,7 +29,7 @@ def test_build_verify_run_inspect(capsys, tmp_path, block):
     assert main([*verify, "--json", str(metrics_file), "--per-layer"]) == 0
     metrics = json.loads(metrics_file.read_text())
     for key in ("top1_agreement", "top1_fp32", "top1_int8", "sqnr_db", "cosine", "latency_ms_int8_qcompile",
-                "latency_ms_fp32_onnxruntime", "library_bytes", "weights_fp32_bytes"):  # fmt: skip
+                "latency_ms_fp32_onnxruntime", "library_bytes", "artifact_bytes", "weights_fp32_bytes"):  # fmt: skip
         assert key in metrics, key
     layers = [row["layer"] for row in metrics["per_layer"] if row["op"] in ("nn.conv2d", "matmul")]
     assert layers == ["conv1", "dw", "fc"]
@@ -51,7 +51,10 @@ def test_build_verify_run_inspect(capsys, tmp_path, block):
 
 def test_verify_bar_fails_with_exit_1(capsys, tmp_path, block):
     art = tmp_path / "art"
-    assert _build(block["model"], block["calib"], art, "--skip-first", "--method", "minmax") == 0
+    options = ("--skip-first", "--method", "minmax", "--no-bias-correction")
+    assert _build(block["model"], block["calib"], art, *options) == 0
+    config = json.loads((art / "manifest.json").read_text())["quantization"]["config"]
+    assert config["method"] == "minmax" and config["bias_correction"] is False and config["skip_first"] is True
     # labels of the synthetic set are arbitrary, so accuracy is ~10%; a negative budget cannot hold
     verify = ["verify", str(art), "--model", str(block["model"]), "--data", str(block["eval"])]
     code = main([*verify, "--max-top1-drop", "-1"])
