@@ -88,7 +88,7 @@ def write_artifact(
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "versions": {"qcompile": __version__, "tvm": tvm.__version__},
             "model": {"file": model.path.name, "sha256": model.sha256, "opset": model.opset},
-            "target": {"name": target.name, "tvm": dict(target.tvm_target)},
+            "target": {"name": target.name, "tvm": dict(target.tvm_target), "cpu_flags": list(target.cpu_flags)},
             "library": target.library_name,
             "inputs": [s.to_json() for s in model.inputs],
             "outputs": outputs,

@@ -56,6 +56,17 @@ def open_artifact(path: str | Path, check_hashes: bool = True) -> Artifact:
     return Artifact(path, manifest, inputs, outputs)
 
 
+def host_cpu_flags() -> set[str]:
+    """The instruction-set flags of this CPU (Linux /proc/cpuinfo); empty when unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 class Runner:
     """A loaded artifact library, callable on one batch of named numpy inputs."""
 
@@ -64,8 +75,16 @@ class Runner:
         from tvm.runtime.vm import VirtualMachine
 
         target = artifact.manifest["target"]["tvm"]
+        name = artifact.manifest["target"]["name"]
         if target.get("kind") != "llvm" or "x86_64" not in target.get("mtriple", "x86_64"):
-            raise InputError(f"artifact targets {artifact.manifest['target']['name']!r}; it cannot run on this host")
+            raise InputError(f"artifact targets {name!r}; it cannot run on this host")
+        host = host_cpu_flags()
+        missing = sorted(set(artifact.manifest["target"].get("cpu_flags", [])) - host) if host else []
+        if missing:  # loading it anyway would die with SIGILL in the first kernel
+            raise InputError(
+                f"artifact targets {name!r}, which needs CPU features this host lacks ({', '.join(missing)}); "
+                "rebuild with --target x86-64"
+            )
         self.artifact = artifact
         self._tvm = tvm
         # dlopen returns the already-loaded handle for a path it has seen, so a rebuilt artifact at the

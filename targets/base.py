@@ -34,6 +34,7 @@ class TargetSpec:
     weight_dtype: str = "int8"
     runs_on_host: bool = True
     library_name: str = "model.so"
+    cpu_flags: tuple[str, ...] = ()  # /proc/cpuinfo flags the library's instructions need
     extra: dict[str, Any] = field(default_factory=dict)
 
     def activation_policy(self, bits: int) -> ActivationPolicy:

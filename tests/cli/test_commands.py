@@ -61,6 +61,20 @@ def test_verify_bar_fails_with_exit_1(capsys, tmp_path, block):
     assert code == 1 and "exceeds --max-top1-drop" in capsys.readouterr().err
 
 
+def test_run_refuses_a_library_for_instructions_this_cpu_lacks(capsys, tmp_path, block):
+    art = tmp_path / "art"
+    assert _build(block["model"], block["calib"], art) == 0
+    manifest_file = art / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["target"]["cpu_flags"] == ["avx2", "fma"]
+    manifest["target"]["cpu_flags"].append("no_such_isa")
+    manifest_file.write_text(json.dumps(manifest))
+    assert main(["run", str(art), "--input", str(block["eval"]), "-o", str(tmp_path / "y.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no_such_isa" in err and "--target x86-64" in err
+    assert not (tmp_path / "y.npz").exists()
+
+
 def test_stop_after_realize_writes_ir_but_no_artifact(tmp_path, block):
     assert _build(block["model"], block["calib"], None, "--stop-after", "realize", "--dump-ir", tmp_path / "ir") == 0
     assert sorted(p.name for p in (tmp_path / "ir").iterdir()) == [

@@ -14,6 +14,15 @@ def test_x86_policy_is_u8_activations_s8_weights():
     assert target.kind.name == "llvm" and "x86_64" in str(target.attrs["mtriple"])
 
 
+def test_x86_presets_name_the_instructions_they_use():
+    assert TARGETS.get("x86").tvm_target["mcpu"] == "x86-64-v3" and TARGETS.get("x86").cpu_flags == ("avx2", "fma")
+    assert TARGETS.get("x86-64").cpu_flags == ()
+    assert "avx512_vnni" in TARGETS.get("x86-vnni").cpu_flags
+    for name in ("x86", "x86-64", "x86-avx512", "x86-vnni"):
+        target = TARGETS.get(name).tvm()  # LLVM accepts every mcpu
+        assert str(target.attrs["mcpu"]) == TARGETS.get(name).tvm_target["mcpu"]
+
+
 def test_unsupported_bits_names_supported():
     with pytest.raises(QCompileError, match="supported: 8, 16"):
         TARGETS.get("x86").activation_policy(4)
