@@ -14,6 +14,24 @@ def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
 
 
+def _save_float_graph(
+    path: Path, name: str, nodes: list, inits: list, inp: tuple[str, list], out: tuple[str, list]
+) -> Path:
+    """One float input, one float output, opset 17, IR version 8 (onnxruntime reads <= 13); checked."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info(inp[0], TensorProto.FLOAT, inp[1])],
+        [helper.make_tensor_value_info(out[0], TensorProto.FLOAT, out[1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def block_model(path: Path, batch: int | str = 1, seed: int = 0) -> Path:
     """conv+bias+BN+relu -> depthwise conv+clip(0,6) -> residual add -> GAP -> flatten -> gemm."""
     rng = np.random.default_rng(seed)
@@ -41,18 +59,7 @@ def block_model(path: Path, batch: int | str = 1, seed: int = 0) -> Path:
         _init("w3", rng.normal(size=(10, 8))),
         _init("b3", rng.normal(size=10)),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "block",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 12, 12])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save_float_graph(path, "block", nodes, inits, ("input", [batch, 3, 12, 12]), ("logits", [batch, 10]))
 
 
 def relu6_stack_model(path: Path) -> Path:
@@ -71,18 +78,7 @@ def relu6_stack_model(path: Path) -> Path:
         _init("lo", np.array(0.0)),
         _init("hi", np.array(6.0)),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "relu6_stack",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 12, 12])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 6, 6])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save_float_graph(path, "relu6_stack", nodes, inits, ("input", [1, 3, 12, 12]), ("out", [1, 4, 6, 6]))
 
 
 def unsupported_model(path: Path) -> Path:
