@@ -39,9 +39,9 @@ class OpPlan:
     the binding that will hold the integer result (the end of the fused chain), `fused` every binding
     absorbed after the anchor, `bias` the binding of a fused constant bias add, `clamp` the fused
     activation bounds in real units. `layer` is the ONNX node name for conv/matmul layers.
-    `float_output` marks a layer whose result
-    only float ops read (e.g. the logits): it skips the 8-bit requantize and dequantizes the wide
-    accumulator, which keeps the model's outputs at accumulator precision."""
+    `float_output` marks a layer whose result only float ops read (e.g. the logits): it skips the 8-bit
+    requantize and dequantizes the wide accumulator, which keeps the model's outputs at accumulator
+    precision."""
 
     var: str
     rule: str

@@ -37,6 +37,11 @@ def check_writable(output: Path) -> None:
         raise InputError(f"output directory {output} is not writable (no write permission on {parent})")
 
 
+def artifact_bytes(folder: Path) -> int:
+    """Everything a deployment copies: the library and every JSON file beside it."""
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:

@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _build(args: argparse.Namespace) -> int:
     import qcompile as api
+    from qcompile.artifact import artifact_bytes
     from qcompile.model import parse_input_shapes
 
     config = api.BuildConfig(
@@ -140,7 +141,7 @@ def _build(args: argparse.Namespace) -> int:
     )
     if result.artifact is not None:
         report = json.loads((result.artifact / "report.json").read_text())
-        total = sum(p.stat().st_size for p in result.artifact.iterdir() if p.is_file())
+        total = artifact_bytes(result.artifact)
         print(
             f"wrote {result.artifact}: {report['quantized_layers']} integer layers, "
             f"{len(report['float_layers'])} float, {total / 1e6:.2f} MB "

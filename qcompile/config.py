@@ -9,7 +9,7 @@ from qcompile.errors import InputError
 from qcompile.targets import TARGETS
 
 STAGES = ("load", "canonicalize", "annotate", "calibrate", "realize", "build", "package")
-# Measured best on both real models (README, "Calibration"): MSE ranges with bias correction.
+# Measured best on both real models (README, the table under "Bias correction"): MSE with bias correction.
 DEFAULT_METHOD = "mse"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qcompile.artifact import FORMAT, MANIFEST, sha256_file
+from qcompile.artifact import FORMAT, MANIFEST, artifact_bytes, sha256_file
 from qcompile.errors import InputError
 from qcompile.model import TensorSpec
 
@@ -28,8 +28,7 @@ class Artifact:
 
     @property
     def total_bytes(self) -> int:
-        """Everything a deployment copies: the library and every JSON file beside it."""
-        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+        return artifact_bytes(self.path)
 
     def read_json(self, name: str) -> dict:
         return json.loads((self.path / name).read_text())
