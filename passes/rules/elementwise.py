@@ -9,7 +9,7 @@ from qcompile.passes.plan import OpPlan
 from qcompile.passes.rewrite import op_name
 from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext, op_rule
 from qcompile.passes.rules.chain import follow_chain
-from qcompile.passes.rules.emit import centered, clamp_bounds, int_const, requantize, shift_to_output
+from qcompile.passes.rules.emit import centered, clamp_bounds, fixed_point_output, requantize
 from qcompile.passes.rules.fixed_point import bits_needed, multiplier_bits, quantize_multiplier
 
 
@@ -44,13 +44,12 @@ class AddRule(BinaryRule):
         ma, mb = a.qparams.scale / out.scale, b.qparams.scale / out.scale
         in_bits = bits_needed(max(a.qparams.qmax - a.qparams.qmin, b.qparams.qmax - b.qparams.qmin)) + 1
         _, shift = quantize_multiplier(np.array([max(ma, mb)]), multiplier_bits(in_bits))
-        scale = np.exp2(float(shift))
-        terms = []
-        for x, mult in ((a, ma), (b, mb)):
-            c = centered(ctx.bb, x.expr, x.qparams)
-            terms.append(ctx.emit(relax.op.multiply(c, int_const(int(round(mult * scale)), "int64"))))
-        total = ctx.emit(relax.op.add(terms[0], terms[1]))
-        y = shift_to_output(ctx.bb, total, shift, out, clamp=clamp_bounds(out, plan.clamp), name=plan.output)
+        terms = [
+            (centered(ctx.bb, x.expr, x.qparams), np.array([int(round(mult * 2.0**shift))]), in_bits)
+            for x, mult in ((a, ma), (b, mb))
+        ]
+        clamp = clamp_bounds(out, plan.clamp)
+        y = fixed_point_output(ctx.bb, terms, shift, out, clamp=clamp, name=plan.output, ndim=0)
         return QTensor(y, out)
 
 
