@@ -85,9 +85,9 @@ def replay(
                 result = relax.Tuple(fields + list(extra_outputs(env)))
             out = bb.emit_output(result)
         bb.emit_func_output(out)
-    new_main = bb.get()["main"]
     new_mod = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv.name_hint != "main"})
-    new_mod["main"] = new_main
+    for gv, f in bb.get().functions.items():  # the new main, and any PrimFunc a step added (call_te)
+        new_mod[gv] = f
     return new_mod
 
 

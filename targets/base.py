@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qcompile.errors import QCompileError
+from qcompile.kernels.spec import CpuKernelSpec
 from qcompile.registry import Registry
 
 
@@ -15,6 +16,7 @@ class ActivationPolicy:
 
     dtype: str
     symmetric: bool
+    reason: str = ""  # why this dtype (the manifest says it): what the target's dot product instruction takes
 
     def __post_init__(self) -> None:
         if self.dtype not in ("int8", "uint8", "int16"):
@@ -35,6 +37,7 @@ class TargetSpec:
     runs_on_host: bool = True
     library_name: str = "model.so"
     cpu_flags: tuple[str, ...] = ()  # /proc/cpuinfo flags the library's instructions need
+    kernels: CpuKernelSpec | None = None  # CPU kernel templates' parameters (None: TVM's generic lowering)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def activation_policy(self, bits: int) -> ActivationPolicy:

@@ -19,8 +19,6 @@ from qcompile.passes.plan import QParams, QuantPlan
 from qcompile.passes.rewrite import copy_binding, main_bindings, replay
 from qcompile.progress import progress
 
-HOST = {"kind": "llvm"}
-
 
 def expose(mod: tvm.IRModule, names: Sequence[str]) -> tvm.IRModule:
     """`main` returning (original outputs..., the tensors bound to `names`...)."""
@@ -34,7 +32,12 @@ def expose(mod: tvm.IRModule, names: Sequence[str]) -> tvm.IRModule:
 
 
 def compile_host(mod: tvm.IRModule):
-    ex = compile_module(mod, tvm.target.Target(dict(HOST)))
+    """Compile for this machine with the fastest preset its CPU runs (calibration runs here)."""
+    from qcompile.runtime import host_cpu_flags
+    from qcompile.targets.x86 import host_preset
+
+    spec = host_preset(host_cpu_flags())
+    ex = compile_module(mod, spec.tvm(), spec.kernels)
     return relax.VirtualMachine(ex, tvm.cpu())
 
 

@@ -1,0 +1,215 @@
+"""pack_kernels: channels-last conv2d / depthwise / matmul with constant weights -> calls to qcompile's
+own kernels (`qcompile.kernels.compute`), weights re-laid out once, in numpy, at build time.
+
+Why: TVM's generic legalization of an integer conv reads weights in an order no int8 dot-product
+instruction can use, and knows nothing of the zero-point padding realize put in front of it. Here:
+- int8 weights go to the dot-4 layout (`[KH, KW, C/4, O, 4]`, `[K/4, N, 4]`); an input whose channel
+  count is not a multiple of 4 (an RGB image) gets zero channels, with zero weights behind them;
+- a constant `pad` feeding only the conv (the zero point, for asymmetric activations) moves into the
+  kernel, so the padded copy is made per call inside the fused kernel instead of by a kernel of its own;
+- the requantize epilogue is kept, except that `x * astype(c, int64)` with a narrow constant `c` (the
+  per-channel int32 multiplier) becomes one op reading `c` itself: Relax fusion will not pull a
+  constant-only producer into a conv's group, and the widening must happen inside the kernel, where
+  LLVM sees two 32-bit operands and emits one 32x32->64 multiply instead of a 64-bit one;
+- Relax fusion then puts the epilogue into the kernel's PrimFunc.
+The result computes exactly what the realized IR computes (tests/passes/test_pack_kernels.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, topi
+
+from qcompile.kernels import compute
+from qcompile.passes.rewrite import Env, const_value, copy_binding, is_const, main_bindings, op_name, replay, var_uses
+
+INT8 = ("uint8", "int8")
+WIDENING_OPS = {"relax.multiply": topi.multiply, "relax.add": topi.add}
+
+
+def _widened_constant(value: relax.Expr) -> bool:
+    """astype(integer constant) to a wider integer type."""
+    if op_name(value) != "relax.astype" or not is_const(value.args[0]):
+        return False
+    src, dst = str(value.args[0].ty.dtype), str(value.attrs.dtype)
+    return src.startswith("int") and dst.startswith("int") and int(dst[3:]) > int(src[3:])
+
+
+def _dtype(expr: relax.Expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def _shape(expr: relax.Expr) -> tuple[int, ...]:
+    return tuple(int(d) for d in expr.ty.shape)
+
+
+def dot4_conv_weight(hwio: np.ndarray) -> np.ndarray:
+    """[KH, KW, C, O] -> [KH, KW, ceil(C/4), O, 4], zero-filled past C."""
+    kh, kw, c, o = hwio.shape
+    c4 = -(-c // compute.DOT_K) * compute.DOT_K
+    full = np.zeros((kh, kw, c4, o), hwio.dtype)
+    full[:, :, :c] = hwio
+    return np.ascontiguousarray(full.reshape(kh, kw, c4 // 4, 4, o).transpose(0, 1, 2, 4, 3))
+
+
+def pairs_conv_weight(hwio: np.ndarray, lanes: int) -> np.ndarray:
+    """[KH, KW, C, O] -> [KH, KW, ceil(C/4), O/L, 2, L, 2] (the `pairs` form, compute.conv2d_nhwc)."""
+    quad = dot4_conv_weight(hwio)  # [KH, KW, C4, O, 4]
+    kh, kw, c4, o, _ = quad.shape
+    split = quad.reshape(kh, kw, c4, o // lanes, lanes, 2, 2)  # ..., block, lane, j, k
+    return np.ascontiguousarray(split.transpose(0, 1, 2, 3, 5, 4, 6))
+
+
+def dot4_dense_weight(kn: np.ndarray, form: str = "quad", lanes: int = 0) -> np.ndarray:
+    """[K, N] -> the dense kernel's layout: [K/4, N, 4] (`quad`) or [K/4, N/L, 2, L, 2] (`pairs`)."""
+    if form == "pairs":
+        return pairs_conv_weight(kn[None, None], lanes)[0, 0]
+    return dot4_conv_weight(kn[None, None])[0, 0]
+
+
+class _Packer:
+    def __init__(
+        self, bindings: list[relax.VarBinding], uses: dict[relax.Var, int], dot_form: str, lanes: tuple[int, ...]
+    ) -> None:
+        self.dot_form = dot_form
+        self.lanes = lanes
+        self.pads = {b.var: b.value for b in bindings if op_name(b.value) == "relax.nn.pad"}
+        self.widened = {b.var: b.value.args[0] for b in bindings if _widened_constant(b.value)}
+        self.uses = uses
+
+    def step(self, bb: relax.BlockBuilder, env: Env, binding: relax.VarBinding) -> None:
+        value = binding.value
+        name = op_name(value)
+        out = None
+        if name == "relax.nn.conv2d":
+            out = self.conv2d(bb, env, value, _dtype(binding.var))
+        elif name == "relax.matmul":
+            out = self.matmul(bb, env, value, _dtype(binding.var))
+        elif name in WIDENING_OPS:
+            out = self.widening(bb, env, value)
+        if out is None:
+            copy_binding(bb, env, binding)
+        else:
+            env[binding.var] = bb.emit(out, binding.var.name)
+
+    def widening(self, bb: relax.BlockBuilder, env: Env, call: relax.Call) -> relax.Expr | None:
+        """`x OP astype(c)` -> one op on (x, c) that widens c itself."""
+        x, y = call.args
+        if not isinstance(y, relax.Var) or y not in self.widened or not isinstance(x, relax.Var):
+            return None
+        op, dtype = WIDENING_OPS[op_name(call)], _dtype(y)
+
+        def widening_op(a, c):
+            return op(a, topi.cast(c, dtype))
+
+        return bb.call_te(widening_op, env.get(x, x), self.widened[y], primfunc_name_hint=op.__name__ + "_widened")
+
+    def form_for(self, out_channels: int) -> tuple[str, int]:
+        """The dot form and lane width for a layer: `pairs` needs a lane width dividing the output
+        channels; without one the layer keeps the `quad` layout (and LLVM's plain code)."""
+        if self.dot_form == "pairs":
+            for lanes in self.lanes:
+                if out_channels % lanes == 0:
+                    return "pairs", lanes
+        return "quad", 0
+
+    # -- conv2d -----------------------------------------------------------------------------------
+    def _absorbable_pad(self, data: relax.Expr) -> tuple[relax.Var, list[int], float] | None:
+        """(input, [top, left, bottom, right], value) of a constant NHWC spatial pad only this conv reads."""
+        if not isinstance(data, relax.Var) or data not in self.pads or self.uses.get(data, 0) != 1:
+            return None
+        pad = self.pads[data]
+        width = [int(p) for p in pad.attrs.pad_width]
+        if pad.attrs.pad_mode != "constant" or len(width) != 8 or any(width[:2]) or any(width[6:]):
+            return None
+        return pad.args[0], [width[2], width[4], width[3], width[5]], float(pad.attrs.pad_value)
+
+    def conv2d(self, bb: relax.BlockBuilder, env: Env, call: relax.Call, out_dtype: str) -> relax.Expr | None:
+        attrs = call.attrs
+        data, weight = call.args
+        nhwc = attrs.data_layout == "NHWC" and attrs.kernel_layout == "HWIO" and attrs.out_layout == "NHWC"
+        if not (nhwc and is_const(weight)):
+            return None
+        w = const_value(weight)
+        in_dtype = _dtype(data)
+        integer = in_dtype in INT8 and w.dtype == np.int8 and out_dtype == "int32"
+        if not (integer or (in_dtype == "float32" and w.dtype == np.float32)):
+            return None
+        groups, channels = int(attrs.groups), _shape(data)[3]
+        depthwise = groups > 1 and groups == channels and w.shape[2] == 1 and w.shape[3] == channels
+        if groups != 1 and not depthwise:
+            return None
+        padding = [int(p) for p in attrs.padding]  # top, left, bottom, right
+        pad_value: float = 0.0
+        absorbed = self._absorbable_pad(data) if not any(padding) else None
+        if absorbed is not None:
+            data, padding, pad_value = absorbed
+        x = env.get(data, data) if isinstance(data, relax.Var) else data
+        if integer:
+            pad_value = int(pad_value)
+        kwargs = dict(
+            strides=[int(s) for s in attrs.strides],
+            padding=padding,
+            dilation=[int(d) for d in attrs.dilation],
+            pad_value=pad_value,
+            out_dtype=out_dtype,
+        )
+        if depthwise:
+            kernel = relax.const(np.ascontiguousarray(w[:, :, 0, :]))
+            return bb.call_te(compute.depthwise_conv2d_nhwc, x, kernel, **kwargs, primfunc_name_hint="depthwise")
+        if integer:
+            if channels % compute.DOT_K:
+                extra = compute.DOT_K - channels % compute.DOT_K
+                x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 0, 0, 0, extra], pad_value=0.0))
+            form, lanes = self.form_for(w.shape[3])
+            kernel = relax.const(pairs_conv_weight(w, lanes) if form == "pairs" else dot4_conv_weight(w))
+            kwargs["dot_form"] = form
+        else:
+            kernel = weight
+        return bb.call_te(compute.conv2d_nhwc, x, kernel, **kwargs, primfunc_name_hint="conv2d")
+
+    # -- matmul -----------------------------------------------------------------------------------
+    def matmul(self, bb: relax.BlockBuilder, env: Env, call: relax.Call, out_dtype: str) -> relax.Expr | None:
+        data, weight = call.args
+        if not is_const(weight) or const_value(weight).ndim != 2:
+            return None
+        w = const_value(weight)
+        in_dtype = _dtype(data)
+        integer = in_dtype in INT8 and w.dtype == np.int8 and out_dtype == "int32"
+        if not (integer or (in_dtype == "float32" and w.dtype == np.float32)):
+            return None
+        shape = _shape(data)
+        x = env.get(data, data) if isinstance(data, relax.Var) else data
+        k, n = w.shape
+        rows = int(np.prod(shape[:-1]))
+        if len(shape) != 2:
+            x = bb.emit(relax.op.reshape(x, (rows, k)))
+        if integer:
+            if k % compute.DOT_K:
+                x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, compute.DOT_K - k % compute.DOT_K], pad_value=0.0))
+            form, lanes = self.form_for(n)
+            kernel = relax.const(dot4_dense_weight(w, form, lanes))
+        else:
+            form, kernel = "quad", weight
+        out = bb.call_te(compute.dense, x, kernel, out_dtype=out_dtype, dot_form=form, primfunc_name_hint="dense")
+        if len(shape) == 2:
+            return out
+        return relax.op.reshape(bb.emit(out), (*shape[:-1], n))
+
+
+@tvm.transform.module_pass(opt_level=0, name="qcompile.PackKernels")
+class PackKernels:
+    """Channels-last conv2d / depthwise / matmul with constant weights -> qcompile kernels. `dot_form`
+    is the target's int8 dot-product form ("quad" or "pairs", `qcompile.kernels.intrinsics`) and
+    `lanes` the widths of its instructions, widest first."""
+
+    def __init__(self, dot_form: str = "quad", lanes: tuple[int, ...] = ()) -> None:
+        self.dot_form = dot_form
+        self.lanes = lanes
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        func = mod["main"]
+        bindings = main_bindings(func)
+        packer = _Packer(bindings, var_uses(bindings, func), self.dot_form, self.lanes)
+        return relax.transform.DeadCodeElimination()(replay(mod, packer.step))

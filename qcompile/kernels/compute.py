@@ -1,0 +1,188 @@
+"""The math of qcompile's CPU kernels, as TE computes in channels-last layout.
+
+Each anchor block carries the annotation `KERNEL` naming its schedule template
+(`qcompile.kernels.templates`), so a fused PrimFunc (kernel + requantize epilogue) can be recognised
+after Relax fusion, scheduled by default, and tuned by MetaSchedule with the same template.
+
+Integer dot products come in the two forms of `qcompile.kernels.intrinsics`: `quad` sums 4 products
+per accumulator; `pairs` keeps two partial sums of 2 products per output channel and adds them in the
+epilogue. Its anchor block iterates output channels as (block of L lanes, partial j, lane), so each
+partial of a lane block is one contiguous vector, and its weights are laid out to match:
+`[KH, KW, C/4, O/L, 2, L, 2]` (weight of input channel 4c + 2j + k, output channel L*b + l).
+
+Integer weights are stored in the *dot-4* layout `[KH, KW, C/4, O, 4]` (`[K/4, N, 4]` for dense): for a
+fixed reduction step, the 4 consecutive input channels of every output channel are adjacent bytes, which
+is exactly the operand of every 4-wide int8 dot-product instruction (x86 `vpmaddubsw`/`vpdpbusd`, Arm
+`sdot`/`udot`, CUDA `dp4a`) for any number of output-channel lanes. Float weights stay HWIO / `[K, N]`:
+output channels innermost, one vector load per reduction step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tvm import te, tirx
+
+KERNEL = "qcompile.kernel"  # block annotation: which template schedules this block
+DOT_FORM = "qcompile.dot"  # block annotation: "quad" | "pairs" | "float" (qcompile.kernels.intrinsics)
+DOT_K = 4  # reduction elements per int8 dot-product lane
+
+
+def _padded(data: te.Tensor, padding: Sequence[int], pad_value: float | int) -> te.Tensor:
+    """NHWC data padded spatially by (top, left, bottom, right) with `pad_value` (an integer zero
+    point, or 0.0): a separate stage, so the template can place it."""
+    top, left, bottom, right = (int(p) for p in padding)
+    if not any((top, left, bottom, right)):
+        return data
+    n, h, w, c = (int(d) for d in data.shape)
+    fill = tirx.const(pad_value, data.dtype)
+
+    def value(i, y, x, ch):
+        inside = tirx.all(y >= top, y < top + h, x >= left, x < left + w)
+        return tirx.if_then_else(inside, data[i, y - top, x - left, ch], fill)
+
+    return te.compute((n, h + top + bottom, w + left + right, c), value, name="pad")
+
+
+def _out_size(size: int, kernel: int, stride: int, dilation: int) -> int:
+    return (size - (kernel - 1) * dilation - 1) // stride + 1
+
+
+def conv2d_nhwc(
+    data: te.Tensor,
+    weight: te.Tensor,
+    strides: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    pad_value: float | int,
+    out_dtype: str,
+    dot_form: str = "quad",
+) -> te.Tensor:
+    """Dense conv. data [N, H, W, C]; weight [KH, KW, C, O] float, or int8 [KH, KW, C/4, O, 4] (`quad`)
+    or [KH, KW, C/4, O/L, 2, L, 2] (`pairs`)."""
+    sh, sw = (int(s) for s in strides)
+    dh, dw = (int(d) for d in dilation)
+    kh, kw = int(weight.shape[0]), int(weight.shape[1])
+    padded = _padded(data, padding, pad_value)
+    n, h, w, c = (int(d) for d in padded.shape)
+    oh, ow = _out_size(h, kh, sh, dh), _out_size(w, kw, sw, dw)
+    rh = te.reduce_axis((0, kh), name="rh")
+    rw = te.reduce_axis((0, kw), name="rw")
+
+    def pixel(i, y, x, ch):
+        return padded[i, y * sh + rh * dh, x * sw + rw * dw, ch].astype(out_dtype)
+
+    if len(weight.shape) == 4:
+        rc = te.reduce_axis((0, c), name="rc")
+        return te.compute(
+            (n, oh, ow, int(weight.shape[3])),
+            lambda i, y, x, o: te.sum(pixel(i, y, x, rc) * weight[rh, rw, rc, o].astype(out_dtype), axis=[rh, rw, rc]),
+            name="conv",
+            attrs={KERNEL: "conv2d_nhwc", DOT_FORM: "float"},
+        )
+    rc = te.reduce_axis((0, c // DOT_K), name="rc")
+    if dot_form == "quad":
+        out_channels = int(weight.shape[3])
+        rk = te.reduce_axis((0, DOT_K), name="rk")
+        return te.compute(
+            (n, oh, ow, out_channels),
+            lambda i, y, x, o: te.sum(
+                pixel(i, y, x, rc * DOT_K + rk) * weight[rh, rw, rc, o, rk].astype(out_dtype),
+                axis=[rh, rw, rc, rk],
+            ),
+            name="conv",
+            attrs={KERNEL: "conv2d_nhwc", DOT_FORM: "quad"},
+        )
+    lanes = int(weight.shape[5])
+    rk = te.reduce_axis((0, 2), name="rk")
+    partial = te.compute(
+        (n, oh, ow, int(weight.shape[3]), 2, lanes),
+        lambda i, y, x, b, j, lane: te.sum(
+            pixel(i, y, x, rc * DOT_K + j * 2 + rk) * weight[rh, rw, rc, b, j, lane, rk].astype(out_dtype),
+            axis=[rh, rw, rc, rk],
+        ),
+        name="conv",
+        attrs={KERNEL: "conv2d_nhwc", DOT_FORM: "pairs"},
+    )
+    return _combine_pairs(partial)
+
+
+def _combine_pairs(partial: te.Tensor) -> te.Tensor:
+    """[..., O/L, 2, L] partial sums -> [..., O]: the two partials of each output channel, added."""
+    *lead, blocks, _, lanes = (int(d) for d in partial.shape)
+
+    def value(*index):
+        *i, o = index
+        return partial[(*i, o // lanes, 0, o % lanes)] + partial[(*i, o // lanes, 1, o % lanes)]
+
+    return te.compute((*lead, blocks * lanes), value, name="pairs_sum")
+
+
+def depthwise_conv2d_nhwc(
+    data: te.Tensor,
+    weight: te.Tensor,
+    strides: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    pad_value: float | int,
+    out_dtype: str,
+) -> te.Tensor:
+    """Depthwise conv. data [N, H, W, C]; weight [KH, KW, C].
+
+    8-bit operands multiply in int16 (|u8 x s8| <= 255 * 128 fits), which is what lets the vector
+    units do 16 lanes per instruction; the sum is int32."""
+    sh, sw = (int(s) for s in strides)
+    dh, dw = (int(d) for d in dilation)
+    kh, kw = int(weight.shape[0]), int(weight.shape[1])
+    padded = _padded(data, padding, pad_value)
+    n, h, w, c = (int(d) for d in padded.shape)
+    oh, ow = _out_size(h, kh, sh, dh), _out_size(w, kw, sw, dw)
+    rh = te.reduce_axis((0, kh), name="rh")
+    rw = te.reduce_axis((0, kw), name="rw")
+    narrow = data.dtype in ("uint8", "int8") and weight.dtype == "int8"
+
+    def value(i, y, x, ch):
+        a = padded[i, y * sh + rh * dh, x * sw + rw * dw, ch]
+        b = weight[rh, rw, ch]
+        if narrow:
+            product = (a.astype("int16") * b.astype("int16")).astype(out_dtype)
+        else:
+            product = a.astype(out_dtype) * b.astype(out_dtype)
+        return te.sum(product, axis=[rh, rw])
+
+    return te.compute((n, oh, ow, c), value, name="depthwise", attrs={KERNEL: "depthwise_nhwc", DOT_FORM: "float"})
+
+
+def dense(data: te.Tensor, weight: te.Tensor, out_dtype: str, dot_form: str = "quad") -> te.Tensor:
+    """data [M, K] x weight [K, N] float, or int8 [K/4, N, 4] (`quad`) or [K/4, N/L, 2, L, 2] (`pairs`)."""
+    m = int(data.shape[0])
+    rc = te.reduce_axis((0, int(weight.shape[0])), name="rc")
+    if len(weight.shape) == 2:
+        return te.compute(
+            (m, int(weight.shape[1])),
+            lambda i, j: te.sum(data[i, rc].astype(out_dtype) * weight[rc, j].astype(out_dtype), axis=[rc]),
+            name="dense",
+            attrs={KERNEL: "dense", DOT_FORM: "float"},
+        )
+    if dot_form == "quad":
+        rk = te.reduce_axis((0, DOT_K), name="rk")
+        return te.compute(
+            (m, int(weight.shape[1])),
+            lambda i, j: te.sum(
+                data[i, rc * DOT_K + rk].astype(out_dtype) * weight[rc, j, rk].astype(out_dtype), axis=[rc, rk]
+            ),
+            name="dense",
+            attrs={KERNEL: "dense", DOT_FORM: "quad"},
+        )
+    lanes = int(weight.shape[3])
+    rk = te.reduce_axis((0, 2), name="rk")
+    partial = te.compute(
+        (m, int(weight.shape[1]), 2, lanes),
+        lambda i, b, p, lane: te.sum(
+            data[i, rc * DOT_K + p * 2 + rk].astype(out_dtype) * weight[rc, b, p, lane, rk].astype(out_dtype),
+            axis=[rc, rk],
+        ),
+        name="dense",
+        attrs={KERNEL: "dense", DOT_FORM: "pairs"},
+    )
+    return _combine_pairs(partial)

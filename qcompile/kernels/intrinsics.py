@@ -1,0 +1,150 @@
+"""Tensor intrinsics for u8 activations x s8 weights -> s32, exact on every instruction set.
+
+Two forms, named after the accumulator they update (`qcompile.kernels.compute` builds the matching
+math):
+
+- `quad`: acc[lanes] += sum of 4 products. x86 VNNI `vpdpbusd` does this in one instruction.
+- `pairs`: acc[2, lanes] += two sums of 2 products, added together only in the epilogue. This is
+  `vpmaddwd` on operands widened to 16 bits, for x86 without VNNI. The one-instruction alternative
+  there, `vpmaddubsw`, adds its two u8 x s8 products into a *saturating* int16 and is wrong whenever a
+  pair of same-sign weights sums past 128 in magnitude, which measured on 2% of EfficientNet-Lite0's
+  weight pairs in every one of its conv layers (onnxruntime accepts that error; qcompile does not).
+  Projecting the weights to avoid it cost the stem conv 20 dB of SQNR, so the exact form it is: the
+  same port pressure on Intel (two multiply-adds per 4 products), one extra add.
+
+TVM 0.27's own x86 intrinsics (`tvm.s_tir.tensor_intrin.x86`) name temporaries, which TVM backs with
+heap workspace inside parallel loops, and have no AVX2 version. The accumulator tile is a small
+`global`-scope buffer on purpose: TVM puts small global allocations on the stack, where LLVM keeps
+them in registers, while `local` ones become heap workspace. Intrinsics are registered on first use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+
+@dataclass(frozen=True)
+class DotIntrinsic:
+    name: str
+    lanes: int  # output channels per instruction
+    form: str  # "quad" or "pairs" (module docstring)
+    llvm: str  # the LLVM intrinsic doing the multiply-adds
+
+
+X86 = {
+    d.name: d
+    for d in (
+        DotIntrinsic("qcompile.x86.avx2.dot_u8s8_8x4", 8, "pairs", "llvm.x86.avx2.pmadd.wd"),
+        DotIntrinsic("qcompile.x86.avx512.dot_u8s8_16x4", 16, "pairs", "llvm.x86.avx512.pmaddw.d.512"),
+        DotIntrinsic("qcompile.x86.vnni.dot_u8s8_16x4", 16, "quad", "llvm.x86.avx512.vpdpbusd.512"),
+        DotIntrinsic("qcompile.x86.vnni.dot_u8s8_8x4", 8, "quad", "llvm.x86.avx512.vpdpbusd.256"),
+    )
+}
+_registered: set[str] = set()
+
+
+def _quad(d: DotIntrinsic):
+    lanes = d.lanes
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        a: T.Buffer((4,), "uint8", offset_factor=1),
+        b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        c: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
+            T.writes(c[0:lanes])
+            for i, k in T.grid(lanes, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    # One nested expression: TVMScript turns a named vector temporary into a heap-backed buffer.
+    @T.prim_func(s_tir=True)
+    def impl(
+        a: T.Buffer((4,), "uint8", offset_factor=1),
+        b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        c: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
+            T.writes(c[0:lanes])
+            c.vstore(
+                [0],
+                T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(d.llvm),
+                    c.vload([0], dtype=f"int32x{lanes}"),
+                    T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), lanes),
+                    T.reinterpret(b.vload([0, 0], dtype=f"int8x{lanes * 4}"), dtype=f"int32x{lanes}"),
+                    dtype=f"int32x{lanes}",
+                ),
+            )
+
+    return desc, impl
+
+
+def _pairs(d: DotIntrinsic):
+    lanes = d.lanes
+    i16 = f"int16x{lanes * 2}"  # one vpmaddwd operand: `lanes` channels x 2 reduction elements
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        a: T.Buffer((4,), "uint8", offset_factor=1),
+        b: T.Buffer((2, lanes, 2), "int8", offset_factor=1),
+        c: T.Buffer((2, lanes), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:2, 0:lanes], a[0:4], b[0:2, 0:lanes, 0:2])
+            T.writes(c[0:2, 0:lanes])
+            for j, i, k in T.grid(2, lanes, 2):
+                with T.sblock("update"):
+                    vj, vi, vk = T.axis.remap("SSR", [j, i, k])
+                    c[vj, vi] = c[vj, vi] + T.cast(a[vj * 2 + vk], "int32") * T.cast(b[vj, vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        a: T.Buffer((4,), "uint8", offset_factor=1),
+        b: T.Buffer((2, lanes, 2), "int8", offset_factor=1),
+        c: T.Buffer((2, lanes), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:2, 0:lanes], a[0:4], b[0:2, 0:lanes, 0:2])
+            T.writes(c[0:2, 0:lanes])
+            # Partial j: activations (a[2j], a[2j+1]) zero-extended to int16 and repeated per channel,
+            # times that partial's weights sign-extended to int16; vpmaddwd sums each pair into int32.
+            for j in T.unroll(2):
+                c.vstore(
+                    [j, 0],
+                    c.vload([j, 0], dtype=f"int32x{lanes}")
+                    + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(d.llvm),
+                        T.Cast(i16, b.vload([j, 0, 0], dtype=f"int8x{lanes * 2}")),
+                        T.reinterpret(
+                            T.broadcast(
+                                T.reinterpret(T.Cast("int16x2", a.vload([j * 2], "uint8x2")), dtype="int32"), lanes
+                            ),
+                            dtype=i16,
+                        ),
+                        dtype=f"int32x{lanes}",
+                    ),
+                )
+
+    return desc, impl
+
+
+def lookup(name: str) -> DotIntrinsic:
+    return X86[name]
+
+
+def ensure_registered(name: str) -> DotIntrinsic:
+    """Register the intrinsic `name` with TVM (once per process)."""
+    d = X86[name]
+    if name not in _registered:
+        desc, impl = _quad(d) if d.form == "quad" else _pairs(d)
+        TensorIntrin.register(name, desc, impl, override=True)
+        _registered.add(name)
+    return d

@@ -1,0 +1,291 @@
+"""Schedule templates for CPU kernels: the default schedule of every kernel without a tuning record, and
+(with `decide.Sampler`) the design space MetaSchedule tunes.
+
+Every kernel is channels-last, so one idea covers them all: the output tile is `pixels x vectors x
+lanes` accumulators in a local buffer that LLVM keeps in vector registers, the reduction loops run
+outside the tile, and the fused epilogue (bias, requantize, clamp, residual add) is computed per tile
+while the accumulators are still in registers. Outer tiles run in parallel.
+
+- dot:  conv2d_nhwc / dense. int8: each step is one dot-product intrinsic over 4 input channels
+        (`qcompile.kernels.intrinsics`); float: one FMA vector per step.
+- window: depthwise conv, pooling, global pooling: a reduction over a spatial window, vectorized
+        over channels.
+- elementwise: everything else (input quantization, layout copies, standalone adds): flattened,
+        vectorized where contiguous, parallel when large.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tvm
+from tvm import s_tir, tirx
+
+from qcompile.kernels import intrinsics
+from qcompile.kernels.compute import DOT_FORM, KERNEL
+from qcompile.kernels.decide import Decider, RegisterModel
+from qcompile.kernels.spec import CpuKernelSpec
+
+log = logging.getLogger(__name__)
+SCHEDULED = "tirx.is_scheduled"
+PARALLEL_MIN_WORK = 1 << 14  # iterations below which a thread-pool launch costs more than it saves
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _extent(sch: s_tir.Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _iter_kinds(sch: s_tir.Schedule, block) -> list[int]:
+    return [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+
+
+def _is_reduction(sch: s_tir.Schedule, block) -> bool:
+    return any(k == tirx.IterVar.CommReduce for k in _iter_kinds(sch, block))
+
+
+def _annotation(sch: s_tir.Schedule, block) -> str | None:
+    value = sch.get(block).annotations.get(KERNEL)
+    return None if value is None else str(value)
+
+
+def _root_blocks(sch: s_tir.Schedule) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _same(sch: s_tir.Schedule, a, b) -> bool:
+    return sch.get(a).same_as(sch.get(b))
+
+
+def _inline_elementwise(sch: s_tir.Schedule, keep: list) -> None:
+    """Inline every non-output block that is not in `keep` into its consumers (epilogue chains become
+    one expression in the output block)."""
+    root = sch.get_sblock("root")
+    outputs = list(sch.get_output_blocks(root))
+    for block in reversed(_root_blocks(sch)):
+        if any(_same(sch, block, k) for k in keep + outputs) or _is_reduction(sch, block):
+            continue
+        try:
+            sch.compute_inline(block)
+        except s_tir.schedule.ScheduleError:
+            pass
+
+
+def _vectorize_innermost(sch: s_tir.Schedule, block, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    if loops and sch.get(loops[-1]).kind == tirx.ForKind.VECTORIZED:
+        return
+    if loops and _extent(sch, loops[-1]) % lanes == 0 and _extent(sch, loops[-1]) >= lanes:
+        _, inner = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(inner)
+
+
+def _parallel(sch: s_tir.Schedule, loops: list, work: int) -> None:
+    """Run the (nested, outermost) `loops` as one parallel loop when there is enough work."""
+    if work >= PARALLEL_MIN_WORK and any(_extent(sch, lp) > 1 for lp in loops):
+        sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+
+
+def _attach_epilogue(sch: s_tir.Schedule, writeback, loop, lanes: int) -> None:
+    """Compute the epilogue (or the plain write-back) per tile, under `loop`, reading the accumulators."""
+    consumers = list(sch.get_consumers(writeback))
+    if consumers:
+        sch.compute_inline(writeback)
+    else:
+        consumers = [writeback]
+    for block in consumers:
+        sch.reverse_compute_at(block, loop, preserve_unit_loops=True)
+        _vectorize_innermost(sch, block, lanes)
+
+
+def _schedule_elementwise(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Rows in parallel, the innermost axis vectorized (or unrolled when short), no flattening: a
+    flattened index costs a division per element, and the layout copies of a model's input have a
+    short innermost axis (3 or 4 channels)."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    work = 1
+    for lp in loops:
+        work *= _extent(sch, lp)
+    inner = loops[-1]
+    extent = _extent(sch, inner)
+    if extent % lanes == 0:
+        _, vec = sch.split(inner, [None, lanes])
+        sch.vectorize(vec)
+    elif extent <= 8:
+        sch.unroll(inner)
+    outer = loops[:-2] if len(loops) >= 3 else loops[:-1]
+    if outer:
+        _parallel(sch, outer, work)
+
+
+# -- templates --------------------------------------------------------------------------------------
+def _dot_intrinsic(sch: s_tir.Schedule, block, spec: CpuKernelSpec, channels: int, lanes: int | None):
+    """The target's dot-product intrinsic for an int8 anchor block of its form and lane width, or None."""
+    form = str(sch.get(block).annotations.get(DOT_FORM, "float"))
+    if form == "float":
+        return None
+    for name in spec.dot_u8s8:
+        d = intrinsics.lookup(name)
+        if d.form == form and channels % d.lanes == 0 and (lanes is None or d.lanes == lanes):
+            return intrinsics.ensure_registered(name)
+    return None
+
+
+def _register_model(spec: CpuKernelSpec, form: str, kernel) -> RegisterModel:
+    """Registers per accumulator / weight vector / pixel for each kernel kind (decide.RegisterModel)."""
+    if form == "pairs":  # two partials per vector; weights widened to int16, one register per partial
+        return RegisterModel(spec.registers, per_accumulator=2, per_vector=2, per_pixel=2)
+    if form == "quad":  # weights feed vpdpbusd straight from memory
+        return RegisterModel(spec.registers, per_vector=0)
+    if str(kernel) == "depthwise_nhwc":  # per-pixel inputs and per-vector weights, both widened
+        return RegisterModel(spec.registers, per_vector=1, per_pixel=2, scratch=3)
+    return RegisterModel(spec.registers)
+
+
+def _work(sch: s_tir.Schedule, block) -> int:
+    total = 1
+    for lp in sch.get_loops(block):
+        total *= _extent(sch, lp)
+    return total
+
+
+def schedule_tile(
+    sch: s_tir.Schedule, block, spec: CpuKernelSpec, decide: Decider, channels_outer: bool = False, lanes=None
+) -> bool:
+    """The dot and window templates (module docstring). The output tile is pixels x channel vectors x
+    lanes; the reduction runs outside it, into a stack buffer of accumulators; tiles run in parallel.
+    With an epilogue, its output block drives the tiling and the anchor is computed per tile under it."""
+    stmt = sch.get(block)
+    kinds = _iter_kinds(sch, block)
+    n_spatial = sum(k == tirx.IterVar.DataPar for k in kinds)
+    form = str(stmt.annotations.get(DOT_FORM, "float"))
+    if form == "pairs":  # anchor channels iterate as (block, partial, lane): the lane width is fixed
+        chan_axis = n_spatial - 3
+        lanes = int(stmt.iter_vars[n_spatial - 1].dom.extent)
+        channels = int(stmt.iter_vars[chan_axis].dom.extent) * lanes
+    else:
+        chan_axis = n_spatial - 1
+        channels = int(stmt.iter_vars[chan_axis].dom.extent)
+    intrin = _dot_intrinsic(sch, block, spec, channels, lanes)
+    if form != "float" and intrin is None:
+        return False  # no dot instruction of this form and width: LLVM's plain code is still correct
+    width = intrin.lanes if intrin else (lanes or spec.lanes(32))
+    while channels % width and width > 4:
+        width //= 2
+    if channels % width or n_spatial == len(kinds):
+        return False
+    work = _work(sch, block)
+    consumers = list(sch.get_consumers(block))
+    driver = consumers[0] if len(consumers) == 1 else block
+    if form == "pairs" and driver is block:
+        return False
+    loops = sch.get_loops(driver)[: chan_axis + 1]
+    c_outer, c_lane = sch.split(loops[-1], [None, width])
+    pixel = loops[-2] if len(loops) >= 2 and _extent(sch, loops[-2]) > 1 else None
+    rows = [lp for lp in loops[:-1] if pixel is None or not _same_loop(sch, lp, pixel)]
+    regs = _register_model(spec, form, sch.get(block).annotations.get(KERNEL))
+    if pixel is not None:
+        (p_o, p_i), (v_o, v_i) = decide.tile_pair(sch, pixel, c_outer, _extent(sch, pixel), channels // width, regs)
+        outer, tile = [*rows, p_o, v_o], [p_i, v_i]
+    else:
+        v_o, v_i = decide.tile(sch, c_outer, channels // width, regs.total - 4)
+        outer, tile = [*rows, v_o], [v_i]
+    if channels_outer:
+        outer = [outer[-1], *outer[:-1]]
+    n_reduce = len(kinds) - n_spatial
+    if driver is block:  # no epilogue: tile the anchor itself, write the accumulators back per tile
+        reduce = list(sch.get_loops(block)[-n_reduce:])
+        dot_k = reduce[-1:] if intrin else []
+        sch.reorder(*outer, *reduce[: n_reduce - len(dot_k)], *tile, c_lane, *dot_k)
+        writeback = sch.cache_write(block, 0, "global")  # stack, registers (intrinsics.py)
+        sch.reverse_compute_at(writeback, outer[-1], preserve_unit_loops=True)
+        _vectorize_innermost(sch, writeback, width)
+        unroll, lane = tile, c_lane
+    else:
+        sch.reorder(*outer, *tile, c_lane)
+        sch.compute_at(block, outer[-1], preserve_unit_loops=True)
+        sch.compute_inline(sch.cache_write(block, 0, "global"))  # the epilogue reads the stack tile
+        sch.vectorize(c_lane)
+        anchor_loops = sch.get_loops(block)
+        region = anchor_loops[len(outer) : len(outer) + n_spatial]
+        reduce = list(anchor_loops[len(outer) + n_spatial :])
+        dot_k = reduce[-1:] if intrin else []
+        if form == "pairs":  # (block, partial, lane): the intrinsic covers partial x lane
+            vectors, lane, after = region[chan_axis], region[chan_axis + 1], region[chan_axis + 2 :]
+        else:
+            (vectors, lane), after = sch.split(region[chan_axis], [None, width]), []
+        unroll = [*([region[chan_axis - 1]] if pixel is not None else []), vectors]
+        sch.reorder(*reduce[: n_reduce - len(dot_k)], *unroll, lane, *after, *dot_k)
+    _parallel(sch, outer, work)
+    for lp in unroll:
+        sch.unroll(lp)
+    if not intrin:
+        sch.vectorize(lane)
+    init = sch.decompose_reduction(block, reduce[0])
+    _vectorize_innermost(sch, init, width)
+    if intrin:
+        sch.tensorize(lane, intrin.name)
+    return True
+
+
+def _same_loop(sch: s_tir.Schedule, a, b) -> bool:
+    return sch.get(a).same_as(sch.get(b))
+
+
+def schedule_func(
+    func: tirx.PrimFunc, spec: CpuKernelSpec, decide: Decider | None = None, **variant
+) -> tirx.PrimFunc | None:
+    """The schedule of one kernel, or None to leave it to LLVM."""
+    sch = s_tir.Schedule(func)
+    if not schedule_module(sch, spec, decide or Decider(), **variant):
+        return None
+    return sch.mod["main"].with_attr(SCHEDULED, True)
+
+
+def schedule_module(sch: s_tir.Schedule, spec: CpuKernelSpec, decide: Decider, **variant) -> bool:
+    """Schedule the PrimFunc in `sch` in place; False when no template applies."""
+    reductions = [b for b in _root_blocks(sch) if _is_reduction(sch, b)]
+    if len(reductions) > 1:
+        return False
+    pads = [b for b in _root_blocks(sch) if sch.get(b).name_hint.startswith("pad")]
+    _inline_elementwise(sch, reductions + pads)
+    tiled = [reductions[0], *sch.get_consumers(reductions[0])] if reductions else []
+    for block in _root_blocks(sch):  # pads, and every block of a kernel without reduction
+        if not any(_same(sch, block, t) for t in tiled):
+            _schedule_elementwise(sch, block, spec.lanes(32))
+    if reductions:
+        return schedule_tile(sch, reductions[0], spec, decide, **variant)
+    return True
+
+
+def is_tunable(func: tirx.PrimFunc) -> bool:
+    """Kernels worth tuning: those with an anchored conv / dense / depthwise block."""
+    found = []
+
+    def visit(node) -> None:
+        if isinstance(node, tirx.SBlock) and KERNEL in node.annotations:
+            found.append(node)
+
+    tirx.stmt_functor.post_order_visit(func.body, visit)
+    return bool(found)
+
+
+def apply_default_schedules(mod: tvm.IRModule, spec: CpuKernelSpec) -> tvm.IRModule:
+    """Schedule every PrimFunc not already scheduled (by a tuning record). A kernel no template fits
+    keeps LLVM's plain code: slower, still correct."""
+    updates = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc) or (func.attrs is not None and SCHEDULED in func.attrs):
+            continue
+        try:
+            scheduled = schedule_func(func, spec)
+        except (s_tir.schedule.ScheduleError, tvm.error.InternalError, ValueError) as err:
+            log.warning("no default schedule for %s: %s", gvar.name_hint, str(err).strip().splitlines()[-1][:200])
+            scheduled = None
+        if scheduled is not None:
+            updates[gvar] = scheduled
+    for gvar, func in updates.items():
+        mod[gvar] = func
+    return mod
