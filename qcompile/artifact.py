@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qcompile import __version__
+from qcompile.config import FLOAT_BITS
 from qcompile.errors import InputError
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ def write_artifact(
     plan: QuantPlan,
     qparams: dict[str, QParams],
     timings: dict[str, float],
+    schedules: dict | None = None,
 ) -> Path:
     import tvm
 
@@ -75,7 +77,6 @@ def write_artifact(
         executable.export_library(str(library), options=["-s"])
         _write_json(staging / "qparams.json", qparams_to_json(qparams, model.sha256, config.method), compact=True)
         _write_json(staging / "plan.json", plan.to_json())
-        policy = target.activation_policy(config.bits)
         report = {
             "quantized_layers": len(plan.quantized_layers),
             "float_layers": list(plan.float_layers),
@@ -97,14 +98,8 @@ def write_artifact(
             "library": target.library_name,
             "inputs": [s.to_json() for s in model.inputs],
             "outputs": outputs,
-            "quantization": {
-                "bits": config.bits,
-                "activations": {"dtype": policy.dtype, "symmetric": policy.symmetric, "granularity": "per-tensor"},
-                "weights": {"dtype": plan.weight_dtype, "symmetric": True, "granularity": "per-output-channel"},
-                "accumulator": "int64" if config.bits == 16 else "int32",
-                "requantize": "fixed-point multiplier and right shift (int64), round half up",
-                "config": config.to_json(),
-            },
+            "quantization": _quantization(config, plan, target),
+            "kernels": _kernels(target, schedules or {}),
             "files": files,
         }
         _write_json(staging / MANIFEST, manifest)
@@ -113,6 +108,44 @@ def write_artifact(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
+
+
+def _quantization(config: BuildConfig, plan: QuantPlan, target: TargetSpec) -> dict:
+    if config.bits == FLOAT_BITS:
+        return {
+            "bits": FLOAT_BITS,
+            "activations": {"dtype": "float32"},
+            "weights": {"dtype": "float32"},
+            "config": config.to_json(),
+        }
+    policy = target.activation_policy(config.bits)
+    return {
+        "bits": config.bits,
+        "activations": {
+            "dtype": policy.dtype,
+            "symmetric": policy.symmetric,
+            "granularity": "per-tensor",
+            "why": policy.reason,
+        },
+        "weights": {"dtype": plan.weight_dtype, "symmetric": True, "granularity": "per-output-channel"},
+        "accumulator": "int64" if config.bits == 16 else "int32",
+        "requantize": "fixed-point: 32x32->64-bit multiply by a per-channel multiplier, round half up, right "
+        "shift (high 32 bits in int32 where that is exact, else int64), + zero point, clamp",
+        "config": config.to_json(),
+    }
+
+
+def _kernels(target: TargetSpec, schedules: dict) -> dict:
+    """Which instructions the integer kernels use, and where each kernel's schedule came from."""
+    spec = target.kernels
+    doc: dict = {"templates": spec is not None}
+    if spec is not None:
+        doc.update(vector_bits=spec.vector_bits, dot_u8s8=list(spec.dot_u8s8))
+    tuned, default = schedules.get("tuned", []), schedules.get("default", [])
+    doc["schedules"] = {"tuned": len(tuned), "default": len(default), "untuned_kernels": default}
+    if "tuning_db" in schedules:
+        doc["schedules"]["tuning_db"] = schedules["tuning_db"]
+    return doc
 
 
 def _move_into_place(staging: Path, output: Path) -> None:

@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 
 from qcompile import __version__
-from qcompile.config import DEFAULT_METHOD, STAGES
+from qcompile.cli_options import add_model_options, config_from_args
+from qcompile.cli_perf import COMMANDS as PERF_COMMANDS
+from qcompile.cli_perf import add_parsers as add_perf_parsers
+from qcompile.config import STAGES
 from qcompile.errors import QCompileError, VerificationFailed
 
 
@@ -21,8 +24,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from qcompile.calibration import CALIBRATORS
-    from qcompile.targets import TARGETS
 
     p = _Parser(prog="qcompile", description="Compile a float ONNX model into a verified integer library.")
     p.add_argument("--version", action="version", version=f"qcompile {__version__}")
@@ -36,47 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("model", help="float ONNX model file (opset 11 or newer)")
     b.add_argument("-o", "--output", help="artifact directory to write (replaced atomically if it exists)")
-    b.add_argument("--target", default="x86", help=f"deployment target: {', '.join(TARGETS.names())} (default x86)")
+    add_model_options(b)
     b.add_argument(
-        "--bits",
-        type=int,
-        default=8,
-        help="activation bits: 8 (int8/uint8 per target) or 16 (int16 activations, int8 weights)",
-    )
-    b.add_argument("--calib", help="calibration data: .npz with one array per model input, or a folder of images")
-    b.add_argument("--qparams", help="reuse a qparams.json from an earlier build instead of calibrating")
-    b.add_argument(
-        "--method",
-        default=DEFAULT_METHOD,
-        help=f"range method: {', '.join(CALIBRATORS.names())} (default {DEFAULT_METHOD})",
-    )
-    b.add_argument("--percentile", type=float, default=99.99, help="percentile for --method percentile (default 99.99)")
-    b.add_argument(
-        "--skip",
-        nargs="+",
-        default=[],
-        metavar="NAME",
-        help="ONNX node names of conv/gemm/matmul layers to keep in float",
-    )
-    b.add_argument("--skip-first", action="store_true", help="keep the first conv/matmul layer in float")
-    b.add_argument("--skip-last", action="store_true", help="keep the last conv/matmul layer in float")
-    b.add_argument(
-        "--input-shape",
-        action="append",
-        metavar="NAME:DIMS",
-        help="concrete shape of a dynamic input, e.g. input:1x3x224x224 (repeatable)",
+        "--tuning-db",
+        metavar="DIR",
+        help="apply the best schedules of this tuning database (qcompile tune) with zero new trials; "
+        "kernels without a record get the default schedules",
     )
     b.add_argument(
-        "--preprocess",
-        metavar="SPEC",
-        help="image-folder preprocessing: resize=256,crop=224,mean=127,std=128,layout=NCHW (the default)",
-    )
-    b.add_argument("--max-calib-batches", type=int, help="use at most this many calibration batches")
-    b.add_argument(
-        "--bias-correction",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="correct each layer's bias for the mean output shift its int8 weights cause (default on)",
+        "--require-tuned",
+        action="store_true",
+        help="fail, naming them, when a kernel has no record in --tuning-db for this target and TVM version",
     )
     b.add_argument("--dump-ir", metavar="DIR", help="write the Relax IR after each stage as TVMScript into DIR")
     b.add_argument("--stop-after", choices=STAGES, help="stop after this stage (with --dump-ir to look at the IR)")
@@ -105,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--input", required=True, help=".npz with one array per model input")
     r.add_argument("-o", "--output", required=True, help=".npz to write, one array per model output")
 
+    add_perf_parsers(sub)
+
     i = sub.add_parser("inspect", help="list a model's ops, shapes and quantizable layers")
     i.add_argument("model", help="ONNX model file")
     i.add_argument("--input-shape", action="append", metavar="NAME:DIMS", help="concrete shape of a dynamic input")
@@ -115,21 +88,8 @@ def _parser() -> argparse.ArgumentParser:
 def _build(args: argparse.Namespace) -> int:
     import qcompile as api
     from qcompile.artifact import artifact_bytes
-    from qcompile.model import parse_input_shapes
 
-    config = api.BuildConfig(
-        target=args.target,
-        bits=args.bits,
-        method=args.method,
-        percentile=args.percentile,
-        skip=tuple(args.skip),
-        skip_first=args.skip_first,
-        skip_last=args.skip_last,
-        input_shapes=parse_input_shapes(args.input_shape),
-        preprocess=args.preprocess,
-        max_calib_batches=args.max_calib_batches,
-        bias_correction=args.bias_correction,
-    )
+    config = config_from_args(args)
     result = api.build(
         args.model,
         args.output,
@@ -138,6 +98,8 @@ def _build(args: argparse.Namespace) -> int:
         config=config,
         dump_ir=args.dump_ir,
         stop_after=args.stop_after,
+        tuning_db=args.tuning_db,
+        require_tuned=args.require_tuned,
     )
     if result.artifact is not None:
         report = json.loads((result.artifact / "report.json").read_text())
@@ -207,7 +169,7 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0 if info["supported"] else 2
 
 
-COMMANDS = {"build": _build, "verify": _verify, "run": _run, "inspect": _inspect}
+COMMANDS = {"build": _build, "verify": _verify, "run": _run, "inspect": _inspect, **PERF_COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from qcompile.calibration.methods import CALIBRATORS, MethodOptions
 from qcompile.errors import InputError
 from qcompile.targets import TARGETS
 
+FLOAT_BITS = 32  # --bits 32: no quantization, the float library (the fp32 baseline for benchmarks)
 STAGES = ("load", "canonicalize", "annotate", "calibrate", "realize", "build", "package")
 # Measured best on both real models (README, the table under "Bias correction"): MSE with bias correction.
 DEFAULT_METHOD = "mse"
@@ -29,7 +30,8 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         spec = TARGETS.get(self.target)  # unknown target: error listing the known ones
-        spec.activation_policy(self.bits)  # unsupported bits for this target
+        if self.bits != FLOAT_BITS:
+            spec.activation_policy(self.bits)  # unsupported bits for this target
         CALIBRATORS.get(self.method)  # unknown method
         try:
             MethodOptions(percentile=self.percentile)

@@ -13,7 +13,7 @@ import tvm
 from qcompile.artifact import check_writable, write_artifact
 from qcompile.calibration.collect import calibrate
 from qcompile.calibration.store import load_qparams, qparams_to_json
-from qcompile.config import STAGES, BuildConfig
+from qcompile.config import FLOAT_BITS, STAGES, BuildConfig
 from qcompile.data import ImagePreprocess, load_data
 from qcompile.errors import InputError
 from qcompile.lowering import compile_module
@@ -58,8 +58,12 @@ def canonicalize_stage(model: OnnxModel) -> Canonical:
 
 
 def annotate_stage(canon: Canonical, config: BuildConfig, target: TargetSpec) -> QuantPlan:
-    policy = target.activation_policy(config.bits)
-    skip = resolve_skips(canon.layer_names, config.skip, config.skip_first, config.skip_last)
+    if config.bits == FLOAT_BITS:  # every layer stays float: the plan has no integer op and no site
+        policy = target.activation_policy(8)
+        skip = frozenset(canon.layer_names)
+    else:
+        policy = target.activation_policy(config.bits)
+        skip = resolve_skips(canon.layer_names, config.skip, config.skip_first, config.skip_last)
     return annotate(
         canon.mod,
         layer_of=canon.layer_of,
@@ -73,6 +77,8 @@ def annotate_stage(canon: Canonical, config: BuildConfig, target: TargetSpec) ->
 def calibrate_stage(
     canon: Canonical, plan: QuantPlan, config: BuildConfig, calib: str | Path | None, qparams: str | Path | None
 ) -> dict[str, QParams]:
+    if not plan.sites:
+        return {}  # nothing to calibrate (--bits 32)
     if qparams is not None:
         return load_qparams(qparams, canon.model.sha256, plan)
     if calib is None:
@@ -97,8 +103,39 @@ def realize_stage(canon: Canonical, plan: QuantPlan, qparams: dict[str, QParams]
     return RealizeIntegerOps(plan, qparams, bias_correction=config.bias_correction)(canon.mod)
 
 
-def compile_stage(mod: tvm.IRModule, target: TargetSpec):
-    return compile_module(mod, target.tvm())
+def compile_stage(
+    mod: tvm.IRModule, target: TargetSpec, tuning_db: str | Path | None = None, require_tuned: bool = False
+) -> tuple[tvm.runtime.Module, dict]:
+    """Compile with the tuning database's records where it has them, default templates elsewhere.
+    Returns the executable and what was applied (for the manifest)."""
+    from qcompile.tuning.database import TuningDB, folder_name, key_of
+    from qcompile.tuning.tasks import Applied, apply_records
+    from qcompile.tuning.tasks import require_tuned as check_tuned
+
+    applied = Applied()
+    hook = None
+    if tuning_db is not None and target.kernels is not None:
+        db = TuningDB(Path(tuning_db))
+        db.check()
+        hook = apply_records(db.open(target), target.tvm(), target.kernels, applied)
+    elif require_tuned:
+        raise InputError(
+            "--require-tuned needs --tuning-db DIR"
+            if tuning_db is None
+            else f"--require-tuned: target {target.name!r} has no tunable kernel templates"
+        )
+
+    def checked(lowered: tvm.IRModule) -> tvm.IRModule:
+        lowered = hook(lowered) if hook is not None else lowered
+        if require_tuned:
+            check_tuned(applied)
+        return lowered
+
+    executable = compile_module(mod, target.tvm(), target.kernels, apply_records=checked)
+    schedules = {"tuned": sorted(applied.tuned), "default": sorted(applied.untuned)}
+    if tuning_db is not None:
+        schedules["tuning_db"] = folder_name(key_of(target))
+    return executable, schedules
 
 
 def build(
@@ -110,6 +147,8 @@ def build(
     config: BuildConfig | None = None,
     dump_ir: str | Path | None = None,
     stop_after: str | None = None,
+    tuning_db: str | Path | None = None,
+    require_tuned: bool = False,
 ) -> BuildResult:
     """Compile a float ONNX model into a verified-ready integer artifact directory at `output`."""
     config = config or BuildConfig()
@@ -158,7 +197,7 @@ def build(
     if done("realize", t):
         return result
     t = time.perf_counter()
-    executable = compile_stage(result.realized, target)
+    executable, schedules = compile_stage(result.realized, target, tuning_db, require_tuned)
     if done("build", t):
         return result
     t = time.perf_counter()
@@ -173,6 +212,7 @@ def build(
         plan=result.plan,
         qparams=result.qparams,
         timings=result.timings,
+        schedules=schedules,
     )
     done("package", t)
     return result

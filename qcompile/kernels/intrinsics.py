@@ -148,3 +148,9 @@ def ensure_registered(name: str) -> DotIntrinsic:
         TensorIntrin.register(name, desc, impl, override=True)
         _registered.add(name)
     return d
+
+
+def register_all() -> None:
+    """Every qcompile intrinsic (reading a tuning database replays traces that may name any of them)."""
+    for name in X86:
+        ensure_registered(name)

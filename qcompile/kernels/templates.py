@@ -262,14 +262,14 @@ def schedule_module(sch: s_tir.Schedule, spec: CpuKernelSpec, decide: Decider, *
 
 def is_tunable(func: tirx.PrimFunc) -> bool:
     """Kernels worth tuning: those with an anchored conv / dense / depthwise block."""
-    found = []
-
-    def visit(node) -> None:
-        if isinstance(node, tirx.SBlock) and KERNEL in node.annotations:
-            found.append(node)
-
-    tirx.stmt_functor.post_order_visit(func.body, visit)
-    return bool(found)
+    sch = s_tir.Schedule(func)
+    pending = _root_blocks(sch)
+    while pending:
+        block = pending.pop()
+        if KERNEL in sch.get(block).annotations:
+            return True
+        pending.extend(sch.get_child_blocks(block))
+    return False
 
 
 def apply_default_schedules(mod: tvm.IRModule, spec: CpuKernelSpec) -> tvm.IRModule:

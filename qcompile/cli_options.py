@@ -1,0 +1,76 @@
+"""Options shared by the commands that take a model through the pipeline (build, tune)."""
+
+from __future__ import annotations
+
+import argparse
+
+from qcompile.config import DEFAULT_METHOD
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Target, bits, calibration and quantization options (what BuildConfig holds)."""
+    from qcompile.calibration import CALIBRATORS
+    from qcompile.targets import TARGETS
+
+    p.add_argument("--target", default="x86", help=f"deployment target: {', '.join(TARGETS.names())} (default x86)")
+    p.add_argument(
+        "--bits",
+        type=int,
+        default=8,
+        help="activation bits: 8 (int8/uint8 per target), 16 (int16 activations, int8 weights) or 32 (no "
+        "quantization: the float library, the fp32 baseline for benchmarks)",
+    )
+    p.add_argument("--calib", help="calibration data: .npz with one array per model input, or a folder of images")
+    p.add_argument("--qparams", help="reuse a qparams.json from an earlier build instead of calibrating")
+    p.add_argument(
+        "--method",
+        default=DEFAULT_METHOD,
+        help=f"range method: {', '.join(CALIBRATORS.names())} (default {DEFAULT_METHOD})",
+    )
+    p.add_argument("--percentile", type=float, default=99.99, help="percentile for --method percentile (default 99.99)")
+    p.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="ONNX node names of conv/gemm/matmul layers to keep in float",
+    )
+    p.add_argument("--skip-first", action="store_true", help="keep the first conv/matmul layer in float")
+    p.add_argument("--skip-last", action="store_true", help="keep the last conv/matmul layer in float")
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME:DIMS",
+        help="concrete shape of a dynamic input, e.g. input:1x3x224x224 (repeatable)",
+    )
+    p.add_argument(
+        "--preprocess",
+        metavar="SPEC",
+        help="image-folder preprocessing: resize=256,crop=224,mean=127,std=128,layout=NCHW (the default)",
+    )
+    p.add_argument("--max-calib-batches", type=int, help="use at most this many calibration batches")
+    p.add_argument(
+        "--bias-correction",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="correct each layer's bias for the mean output shift its int8 weights cause (default on)",
+    )
+
+
+def config_from_args(args: argparse.Namespace):
+    import qcompile as api
+    from qcompile.model import parse_input_shapes
+
+    return api.BuildConfig(
+        target=args.target,
+        bits=args.bits,
+        method=args.method,
+        percentile=args.percentile,
+        skip=tuple(args.skip),
+        skip_first=args.skip_first,
+        skip_last=args.skip_last,
+        input_shapes=parse_input_shapes(args.input_shape),
+        preprocess=args.preprocess,
+        max_calib_batches=args.max_calib_batches,
+        bias_correction=args.bias_correction,
+    )

@@ -1,0 +1,1 @@
+"""Tuning: MetaSchedule over qcompile's kernel templates, databases keyed by target and TVM version."""

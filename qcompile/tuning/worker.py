@@ -1,0 +1,162 @@
+"""The tuner process: `python -m qcompile.tuning.worker JOB.json`, started by `qcompile tune`.
+
+Runs MetaSchedule over the job's tasks: the design space is qcompile's own schedule template with
+its tile sizes sampled (`kernels.decide.Sampler`), the search is evolutionary, guided by the XGBoost
+cost model, and every measured candidate is committed to the JSON database as it comes (so a crash
+or a time budget loses nothing measured). Progress goes to stdout as one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import tvm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
+from qcompile.kernels.decide import Sampler
+from qcompile.kernels.templates import schedule_module
+from qcompile.targets import TARGETS
+from qcompile.tuning.database import TuningDB
+from qcompile.tuning.tasks import register_intrinsics
+
+
+def emit(**event) -> None:
+    print(json.dumps(event), flush=True)
+
+
+@derived_object
+class Progress(ms.measure_callback.PyMeasureCallback):
+    """Reports each batch of measurements, and ends every task once the time budget is spent (the
+    scheduler then returns normally, with everything measured so far in the database)."""
+
+    def __init__(self, names: list[str], deadline: float | None) -> None:
+        self.names = names
+        self.deadline = deadline
+        self.best: dict[int, float] = {}
+        self.stopped = False
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        ok = [
+            sum(float(s) for s in r.run_secs) / len(r.run_secs)
+            for r in runner_results
+            if r.error_msg is None and r.run_secs
+        ]
+        if ok:
+            best = min(ok)
+            self.best[task_id] = min(self.best.get(task_id, best), best)
+        emit(
+            event="measured",
+            task=self.names[task_id],
+            count=len(runner_results),
+            failed=len(runner_results) - len(ok),
+            best_us=1e6 * self.best[task_id] if task_id in self.best else None,
+        )
+        if self.deadline is not None and time.monotonic() > self.deadline and not self.stopped:
+            self.stopped = True
+            emit(event="budget")
+            for i, task in enumerate(task_scheduler.tasks_):
+                if not task.is_terminated:
+                    task_scheduler.terminate_task(i)
+
+
+def build_candidate(mod: tvm.IRModule, target: tvm.target.Target, _params):
+    """MetaSchedule's default builder function minus its import of tvm.s_tir.tensor_intrin (every TVM
+    intrinsic parsed from TVMScript, ~30 s per worker): a candidate arrives already tensorized."""
+    from tvm.driver import build
+
+    return build(mod, target=target)
+
+
+def seed_defaults(contexts, database, builder, runner, spec, target) -> None:
+    """Measure the default schedule of every task the database has no record for and commit it: the
+    evolutionary search then starts from it, a short tuning run never makes a kernel slower than the
+    default, and `--require-tuned` is satisfied by any run that got through this step."""
+    todo = []
+    for ctx in contexts:
+        if database.has_workload(ctx.mod) and database.get_top_k(database.commit_workload(ctx.mod), 1):
+            continue
+        sch = tvm.s_tir.Schedule(ctx.mod)
+        schedule_module(sch, spec, Sampler(start_at_default=True))
+        todo.append((ctx, sch))
+    if not todo:
+        return
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in todo])
+    inputs, kept = [], []
+    for (ctx, sch), b in zip(todo, built):
+        if b.error_msg is None:
+            args = ms.arg_info.ArgInfo.from_prim_func(ctx.mod["main"])
+            inputs.append(ms.runner.RunnerInput(b.artifact_path, "cpu", args))
+            kept.append((ctx, sch, args))
+    for (ctx, sch, args), future in zip(kept, runner.run(inputs)):
+        result = future.result()
+        if result.error_msg is None:
+            workload = database.commit_workload(ctx.mod)
+            database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, result.run_secs, target, args))
+            emit(event="default", task=ctx.task_name, us=1e6 * sum(map(float, result.run_secs)) / len(result.run_secs))
+
+
+def main(job_path: str) -> int:
+    job = json.loads(Path(job_path).read_text())
+    target_spec = TARGETS.get(job["target"])
+    spec = target_spec.kernels
+    target = target_spec.tvm()
+    register_intrinsics(spec)
+    database = TuningDB(Path(job["db"])).open(target_spec, create=True)
+    deadline = time.monotonic() + job["time_budget_s"] if job.get("time_budget_s") else None
+
+    def space(sch: tvm.s_tir.Schedule) -> None:
+        if not schedule_module(sch, spec, Sampler()):
+            raise ValueError("no template for this kernel")
+
+    contexts = []
+    for task in job["tasks"]:
+        contexts.append(
+            ms.TuneContext(
+                mod=tvm.ir.load_json(Path(task["file"]).read_text()),
+                target=target,
+                space_generator=ms.space_generator.ScheduleFn(
+                    space, sch_rules=[], postprocs=[], mutator_probs={ms.mutator.MutateTileSize(): 1.0}
+                ),
+                search_strategy=ms.search_strategy.EvolutionarySearch(
+                    population_size=64, init_min_unmeasured=16, genetic_num_iters=2
+                ),
+                task_name=task["name"],
+                num_threads=job["threads"],
+            )
+        )
+    builder = ms.builder.LocalBuilder(f_build=build_candidate, max_workers=1, timeout_sec=60)
+    runner = ms.runner.LocalRunner(
+        evaluator_config=ms.runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True), timeout_sec=60
+    )
+    seed_defaults(contexts, database, builder, runner, spec, target)
+    names = [t["name"] for t in job["tasks"]]
+    progress = Progress(names, deadline)
+    work_dir = str(Path(job_path).parent / "meta_schedule")  # its logs, for the error report
+    if True:
+        ms.tune_tasks(
+            tasks=contexts,
+            task_weights=[float(t["weight"]) for t in job["tasks"]],
+            work_dir=work_dir,
+            max_trials_global=job["trials"],
+            max_trials_per_task=job.get("trials_per_task") or job["trials"],
+            num_trials_per_iter=job["per_iter"],
+            builder=builder,
+            runner=runner,
+            database=database,
+            cost_model=ms.cost_model.XGBModel(
+                extractor=ms.feature_extractor.PerStoreFeature(),
+                adaptive_training=True,
+                num_tuning_cores=job["threads"],
+            ),
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
+            task_scheduler="gradient",
+        )
+    emit(event="done", stopped_by_budget=progress.stopped)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
