@@ -1,18 +1,18 @@
-"""Side-by-side latency on this machine, one run, same thread count: qcompile int8, qcompile fp32
-(the same Relax pipeline without quantization) and onnxruntime fp32. Prints medians and ratios.
+"""Side-by-side latency on this machine, one process, same thread count, interleaved rounds:
+qcompile int8 and qcompile fp32 (both with the committed tuning database, else default schedules),
+onnxruntime fp32, and onnxruntime int8 (its static QDQ quantization from the same calibration data).
+Prints medians, p10 and ratios; asserts nothing.
 
-    python benchmarks/bench_x86.py                       # the embedded Fashion-MNIST CNN
-    python benchmarks/bench_x86.py --model efficientnet  # EfficientNet-Lite0 (exported on first use)
-
-No tuning is applied yet (issue: MetaSchedule tuning), so these are untuned TVM numbers."""
+    python benchmarks/bench_x86.py                          # the embedded Fashion-MNIST CNN
+    python benchmarks/bench_x86.py --model efficientnet     # EfficientNet-Lite0 (exported on first use)
+    python benchmarks/bench_x86.py --tuning-db none         # default schedules only
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,62 +20,53 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _median_ms(fn, inputs: list[np.ndarray], repeat: int) -> float:
-    fn(inputs[0])  # warm up
-    times = []
-    for i in range(repeat):
-        t = time.perf_counter()
-        fn(inputs[i % len(inputs)])
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["fashion", "efficientnet"], default="fashion")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--target", default="x86")
+    parser.add_argument("--tuning-db", default=str(ROOT / "examples" / "tuning_db"), help="'none' for defaults")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--per-round", type=int, default=30)
     args = parser.parse_args()
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM starts its thread pool
 
     import qcompile
-    from qcompile.calibration.collect import run_vm
-    from qcompile.pipeline import canonicalize_stage, compile_stage, load_stage
-    from qcompile.runtime import Runner, open_artifact
-    from qcompile.targets import TARGETS
-    from qcompile.verification import onnxruntime_session
+    from qcompile.bench import bench, format_table, ort_int8_model
 
     work = Path(tempfile.mkdtemp(prefix="qcompile-bench-"))
     if args.model == "fashion":
         model, calib = ROOT / "examples/fashion_cnn/model.onnx", ROOT / "examples/fashion_cnn/calib.npz"
-        inputs = list(np.load(ROOT / "examples/fashion_cnn/eval.npz")["input"][:8, None])
+        inputs = np.load(ROOT / "examples/fashion_cnn/eval.npz")["input"][:8]
     else:
         from qcompile.zoo.efficientnet import efficientnet_lite0_onnx
         from qcompile.zoo.photos import photo_batches
 
-        model, calib = efficientnet_lite0_onnx(), work / "calib.npz"
+        model, calib = efficientnet_lite0_onnx(batch=None), work / "calib.npz"
         np.savez(calib, input=photo_batches("calib")[0])
-        inputs = list(photo_batches("eval")[0][:8, None])
-
-    artifact = qcompile.build(model, work / "int8", calib=calib).artifact
-    int8 = Runner(open_artifact(artifact))
-    config = qcompile.BuildConfig()
-    canon = canonicalize_stage(load_stage(model, config))
-    from tvm import relax
-
-    fp32_vm = relax.VirtualMachine(compile_stage(canon.mod, TARGETS.get("x86")), __import__("tvm").cpu())
-    session = onnxruntime_session(model, threads=args.threads)
-
-    rows = {
-        "qcompile int8 (untuned)": _median_ms(lambda x: int8({"input": x}), inputs, args.repeat),
-        "qcompile fp32 (untuned)": _median_ms(lambda x: run_vm(fp32_vm, {"input": x}, ["input"]), inputs, args.repeat),
-        "onnxruntime fp32": _median_ms(lambda x: session.run(None, {"input": x}), inputs, args.repeat),
-    }
-    ort_ms = rows["onnxruntime fp32"]
-    print(f"model: {args.model}, batch 1, {args.threads} threads, median of {args.repeat} runs")
-    for name, ms in rows.items():
-        print(f"  {name:<26} {ms:9.3f} ms   x{ms / ort_ms:7.2f} vs onnxruntime fp32")
-    print(f"  int8 / fp32 (qcompile): x{rows['qcompile int8 (untuned)'] / rows['qcompile fp32 (untuned)']:.2f}")
+        inputs = photo_batches("eval")[0][:8]
+    db = None if args.tuning_db == "none" else args.tuning_db
+    built = []
+    for bits in (8, 32):
+        config = qcompile.BuildConfig(target=args.target, bits=bits)
+        built.append(qcompile.build(model, work / f"b{bits}", calib=calib, config=config, tuning_db=db).artifact)
+    calib_arrays = {"input": np.load(calib)["input"]}
+    ort_int8 = ort_int8_model(Path(model), calib_arrays, work / "ort_int8.onnx")
+    result = bench(
+        built,
+        model=Path(model),
+        ort_int8=ort_int8,
+        inputs=[{"input": x[None]} for x in inputs],
+        threads=args.threads,
+        rounds=args.rounds,
+        per_round=args.per_round,
+    )
+    print(f"model: {args.model}, target {args.target}, tuning db: {db or 'none (default schedules)'}")
+    print(format_table(result))
+    rows = {r["engine"].split(" (")[0]: r["median_ms"] for r in result["rows"]}
+    print(f"  qcompile int8 / onnxruntime int8: x{rows['qcompile int8'] / rows['onnxruntime int8']:.2f}")
+    print(f"  qcompile int8 / qcompile fp32:    x{rows['qcompile int8'] / rows['qcompile fp32']:.2f}")
+    print(f"  qcompile int8 / onnxruntime fp32: x{rows['qcompile int8'] / rows['onnxruntime fp32']:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""qcompile bench and the fp32 (--bits 32) library it compares against."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+
+from qcompile.cli import main
+from qcompile.runtime import Runner, open_artifact
+
+
+def test_fp32_library_matches_onnxruntime_and_bench_prints_every_engine(fashion, tmp_path, capsys):
+    fp32, int8 = tmp_path / "fp32", tmp_path / "int8"
+    assert main(["build", str(fashion["model"]), "--bits", "32", "-o", str(fp32)]) == 0
+    manifest = json.loads((fp32 / "manifest.json").read_text())
+    assert manifest["quantization"]["bits"] == 32 and manifest["quantization"]["activations"]["dtype"] == "float32"
+    x = np.load(fashion["eval"])["input"][:16]
+    got = np.concatenate([Runner(open_artifact(fp32))({"input": s[None]})[0] for s in x])
+    session = ort.InferenceSession(str(fashion["model"]))  # the model's batch is 1
+    ref = np.concatenate([session.run(None, {"input": s[None]})[0] for s in x])
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+    assert main(["build", str(fashion["model"]), "--calib", str(fashion["calib"]), "-o", str(int8)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "bench.json"
+    args = ["bench", str(int8), str(fp32), "--model", str(fashion["model"]), "--vs-onnxruntime"]
+    args += ["--ort-int8-calib", str(fashion["calib"]), "--threads", "2", "--rounds", "2", "--per-round", "3"]
+    assert main([*args, "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    engines = [r["engine"] for r in rows]
+    assert engines == [
+        "qcompile int8 (default schedules)",
+        "qcompile fp32 (default schedules)",
+        "onnxruntime fp32",
+        "onnxruntime int8 (QDQ)",
+    ]
+    assert all(r["median_ms"] > 0 and r["p10_ms"] <= r["median_ms"] for r in rows)
+    assert rows[0]["ratio_to_first"] == 1.0
+    for engine in engines:
+        assert engine in table
+
+
+def test_bench_needs_the_model_for_onnxruntime(tmp_path, capsys):
+    assert main(["bench", str(tmp_path), "--vs-onnxruntime"]) == 2
+    assert "need --model" in capsys.readouterr().err
