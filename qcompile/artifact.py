@@ -67,6 +67,7 @@ def write_artifact(
     import tvm
 
     from qcompile.calibration.store import qparams_to_json
+    from qcompile.deploy.toolchain import cross_cxx
 
     output = output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,8 @@ def write_artifact(
     try:
         library = staging / target.library_name
         # -s: no symbol tables in a deployable library (the VM finds kernels through its own table).
-        executable.export_library(str(library), options=["-s"])
+        cxx = cross_cxx(target)  # None: the host's compiler
+        executable.export_library(str(library), options=["-s"], **({"cc": cxx} if cxx else {}))
         _write_json(staging / "qparams.json", qparams_to_json(qparams, model.sha256, config.method), compact=True)
         _write_json(staging / "plan.json", plan.to_json())
         report = {

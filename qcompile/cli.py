@@ -76,6 +76,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--input", required=True, help=".npz with one array per model input")
     r.add_argument("-o", "--output", required=True, help=".npz to write, one array per model output")
 
+    k = sub.add_parser(
+        "package",
+        help="bundle an artifact for its device: library, TVM runtime, a C++ runner",
+        description="Writes a self-contained folder for the artifact's target: the library and manifest, "
+        "the TVM runtime libraries for the target's architecture (downloaded once from PyPI for "
+        "cross targets), qcompile-run (a C++ program: .npy inputs in, .npy outputs out, no Python) "
+        "and run.py (the same with the TVM Python runtime).",
+    )
+    k.add_argument("artifact", help="artifact directory written by qcompile build")
+    k.add_argument("-o", "--output", help="bundle folder to write (default: ARTIFACT/deploy)")
+    k.add_argument("--runner", default="cpp", choices=["cpp"], help="the runner program to build (default cpp)")
+
     add_perf_parsers(sub)
 
     i = sub.add_parser("inspect", help="list a model's ops, shapes and quantizable layers")
@@ -160,6 +172,13 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _package(args: argparse.Namespace) -> int:
+    from qcompile.deploy.package import package
+
+    print(f"wrote {package(args.artifact, args.output, args.runner)}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from qcompile.inspection import format_inspection, inspect_model
     from qcompile.model import parse_input_shapes
@@ -169,7 +188,7 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0 if info["supported"] else 2
 
 
-COMMANDS = {"build": _build, "verify": _verify, "run": _run, "inspect": _inspect, **PERF_COMMANDS}
+COMMANDS = {"build": _build, "verify": _verify, "run": _run, "inspect": _inspect, "package": _package, **PERF_COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

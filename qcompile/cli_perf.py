@@ -32,6 +32,14 @@ def add_parsers(sub) -> None:
         help="stop cleanly after this long, keeping the best so far: 90s, 30m, 2h",
     )
     t.add_argument("--threads", type=int, help="threads the kernels run with while measured (default: all)")
+    t.add_argument(
+        "--rpc",
+        metavar="HOST:PORT",
+        help="measure candidates on a device through this TVM RPC tracker (python -m tvm.exec.rpc_tracker; "
+        "the device runs python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY); needed for targets "
+        "that do not run on this machine, such as arm",
+    )
+    t.add_argument("--device-key", metavar="KEY", help="the key the device's RPC server registered with")
     add_model_options(t)
 
     d = sub.add_parser("tuning-db", help="look into a tuning database")
@@ -84,6 +92,8 @@ def tune(args: argparse.Namespace) -> int:
         trials=args.trials,
         time_budget_s=parse_duration(args.time_budget),
         threads=args.threads,
+        rpc=args.rpc,
+        device_key=args.device_key,
     )
     why = "time budget reached" if result.stopped_by_budget else "trials done"
     print(

@@ -8,3 +8,9 @@ def test_quickstart_runs(capsys):
     runpy.run_path(str(TUTORIALS / "01_quickstart.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "agreement" in out and "logits of 4 images" in out
+
+
+def test_deploy_to_arm_runs(capsys):
+    runpy.run_path(str(TUTORIALS / "02_deploy_to_arm.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "ARM (emulated) classes" in out and "max |ARM - x86| = 0.0" in out

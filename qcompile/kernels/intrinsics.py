@@ -32,15 +32,18 @@ class DotIntrinsic:
     lanes: int  # output channels per instruction
     form: str  # "quad" or "pairs" (module docstring)
     llvm: str  # the LLVM intrinsic doing the multiply-adds
+    byte_operands: bool = False  # quad: the LLVM intrinsic takes its operands as byte vectors, not int32
 
 
-X86 = {
+INTRINSICS = {
     d.name: d
     for d in (
         DotIntrinsic("qcompile.x86.avx2.dot_u8s8_8x4", 8, "pairs", "llvm.x86.avx2.pmadd.wd"),
         DotIntrinsic("qcompile.x86.avx512.dot_u8s8_16x4", 16, "pairs", "llvm.x86.avx512.pmaddw.d.512"),
         DotIntrinsic("qcompile.x86.vnni.dot_u8s8_16x4", 16, "quad", "llvm.x86.avx512.vpdpbusd.512"),
         DotIntrinsic("qcompile.x86.vnni.dot_u8s8_8x4", 8, "quad", "llvm.x86.avx512.vpdpbusd.256"),
+        # aarch64 Armv8.6-A i8mm: usdot v4i32 += u8x16 . s8x16, four products per lane.
+        DotIntrinsic("qcompile.arm.i8mm.dot_u8s8_4x4", 4, "quad", "llvm.aarch64.neon.usdot", byte_operands=True),
     )
 }
 _registered: set[str] = set()
@@ -84,7 +87,39 @@ def _quad(d: DotIntrinsic):
                 ),
             )
 
+    if d.byte_operands:
+        return desc, _quad_bytes_impl(d)
     return desc, impl
+
+
+def _quad_bytes_impl(d: DotIntrinsic):
+    """`quad` for an LLVM intrinsic typed on byte vectors (aarch64 usdot: v4i32, v16i8 u8, v16i8 s8)."""
+    lanes = d.lanes
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        a: T.Buffer((4,), "uint8", offset_factor=1),
+        b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        c: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
+            T.writes(c[0:lanes])
+            c.vstore(
+                [0],
+                T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(d.llvm),
+                    c.vload([0], dtype=f"int32x{lanes}"),
+                    T.reinterpret(
+                        T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), lanes),
+                        dtype=f"uint8x{lanes * 4}",
+                    ),
+                    b.vload([0, 0], dtype=f"int8x{lanes * 4}"),
+                    dtype=f"int32x{lanes}",
+                ),
+            )
+
+    return impl
 
 
 def _pairs(d: DotIntrinsic):
@@ -137,12 +172,12 @@ def _pairs(d: DotIntrinsic):
 
 
 def lookup(name: str) -> DotIntrinsic:
-    return X86[name]
+    return INTRINSICS[name]
 
 
 def ensure_registered(name: str) -> DotIntrinsic:
     """Register the intrinsic `name` with TVM (once per process)."""
-    d = X86[name]
+    d = INTRINSICS[name]
     if name not in _registered:
         desc, impl = _quad(d) if d.form == "quad" else _pairs(d)
         TensorIntrin.register(name, desc, impl, override=True)
@@ -152,5 +187,5 @@ def ensure_registered(name: str) -> DotIntrinsic:
 
 def register_all() -> None:
     """Every qcompile intrinsic (reading a tuning database replays traces that may name any of them)."""
-    for name in X86:
+    for name in INTRINSICS:
         ensure_registered(name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,8 @@ def tune(
     time_budget_s: float | None = None,
     threads: int | None = None,
     per_iter: int = 16,
+    rpc: str | None = None,
+    device_key: str | None = None,
 ) -> TuneResult:
     config = config or BuildConfig()
     if trials <= 0:
@@ -68,6 +71,13 @@ def tune(
     if time_budget_s is not None and time_budget_s <= 0:
         raise InputError("--time-budget must be positive")
     target = TARGETS.get(config.target)
+    tracker = parse_tracker(rpc, device_key)
+    if tracker is None and not target.runs_on_host:
+        raise InputError(
+            f"target {target.name!r} does not run on this machine, so its kernels cannot be measured here "
+            "(tuning measures every candidate); tune on the device itself or through it: --rpc HOST:PORT "
+            "--device-key KEY"
+        )
     tasks = model_tasks(model, config, calib, qparams)
     if not tasks:
         raise InputError("the model has no conv / matmul kernels to tune")
@@ -86,6 +96,7 @@ def tune(
             "time_budget_s": time_budget_s,
             "threads": threads or os.cpu_count() or 1,
             "tasks": [],
+            "rpc": tracker,
         }
         for i, task in enumerate(tasks):
             path = Path(tmp) / f"task{i}.json"
@@ -95,6 +106,24 @@ def tune(
         _run_worker(Path(tmp), job, result)
     result.seconds = time.monotonic() - started
     return result
+
+
+def parse_tracker(rpc: str | None, device_key: str | None) -> dict | None:
+    """--rpc HOST:PORT and --device-key KEY: the TVM RPC tracker to measure through, checked reachable."""
+    if rpc is None:
+        if device_key is not None:
+            raise InputError("--device-key needs --rpc HOST:PORT (the tracker the device is registered with)")
+        return None
+    host, _, port = rpc.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--rpc {rpc!r} is not HOST:PORT")
+    if not device_key:
+        raise InputError("--rpc needs --device-key KEY (the key the device's RPC server registered with)")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise InputError(f"cannot reach the RPC tracker at {rpc} ({exc.strerror or exc})") from None
+    return {"host": host, "port": int(port), "key": device_key}
 
 
 def _run_worker(tmp: Path, job: dict, result: TuneResult) -> None:

@@ -8,7 +8,9 @@ or a time budget loses nothing measured). Progress goes to stdout as one JSON ob
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,6 +72,34 @@ def build_candidate(mod: tvm.IRModule, target: tvm.target.Target, _params):
     return build(mod, target=target)
 
 
+def export_shared(mod) -> str:
+    """A candidate as a shared library linked by the target's compiler (QCOMPILE_CROSS_CXX for a cross
+    target), which an RPC server loads as is: no compiler needed on the device."""
+    path = os.path.join(tempfile.mkdtemp(prefix="qcompile-candidate-"), "candidate.so")
+    cxx = os.environ.get("QCOMPILE_CROSS_CXX")
+    mod.export_library(path, **({"cc": cxx} if cxx else {}))
+    return path
+
+
+def measure_on(job: dict, target_spec) -> tuple:
+    """Builder and runner: candidates measured on this machine, or on a device through an RPC tracker.
+    The cache is flushed before each repeat: in the model a kernel's weights come cold from memory, and
+    measured warm the search prefers tiles that lose in the real library."""
+    evaluator = ms.runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True)
+    rpc = job.get("rpc")
+    if rpc is None:
+        builder = ms.builder.LocalBuilder(f_build=build_candidate, max_workers=1, timeout_sec=60)
+        return builder, ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=60)
+    cxx = target_spec.extra.get("cross_cxx")
+    if cxx:
+        os.environ["QCOMPILE_CROSS_CXX"] = cxx  # inherited by the builder's worker processes
+    builder = ms.builder.LocalBuilder(f_build=build_candidate, f_export=export_shared, max_workers=1, timeout_sec=120)
+    config = ms.runner.RPCConfig(
+        tracker_host=rpc["host"], tracker_port=rpc["port"], tracker_key=rpc["key"], session_timeout_sec=120
+    )
+    return builder, ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
+
+
 def seed_defaults(contexts, database, builder, runner, spec, target) -> None:
     """Measure the default schedule of every task the database has no record for and commit it: the
     evolutionary search then starts from it, a short tuning run never makes a kernel slower than the
@@ -127,33 +157,29 @@ def main(job_path: str) -> int:
                 num_threads=job["threads"],
             )
         )
-    builder = ms.builder.LocalBuilder(f_build=build_candidate, max_workers=1, timeout_sec=60)
-    runner = ms.runner.LocalRunner(
-        evaluator_config=ms.runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True), timeout_sec=60
-    )
+    builder, runner = measure_on(job, target_spec)
     seed_defaults(contexts, database, builder, runner, spec, target)
     names = [t["name"] for t in job["tasks"]]
     progress = Progress(names, deadline)
     work_dir = str(Path(job_path).parent / "meta_schedule")  # its logs, for the error report
-    if True:
-        ms.tune_tasks(
-            tasks=contexts,
-            task_weights=[float(t["weight"]) for t in job["tasks"]],
-            work_dir=work_dir,
-            max_trials_global=job["trials"],
-            max_trials_per_task=job.get("trials_per_task") or job["trials"],
-            num_trials_per_iter=job["per_iter"],
-            builder=builder,
-            runner=runner,
-            database=database,
-            cost_model=ms.cost_model.XGBModel(
-                extractor=ms.feature_extractor.PerStoreFeature(),
-                adaptive_training=True,
-                num_tuning_cores=job["threads"],
-            ),
-            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
-            task_scheduler="gradient",
-        )
+    ms.tune_tasks(
+        tasks=contexts,
+        task_weights=[float(t["weight"]) for t in job["tasks"]],
+        work_dir=work_dir,
+        max_trials_global=job["trials"],
+        max_trials_per_task=job.get("trials_per_task") or job["trials"],
+        num_trials_per_iter=job["per_iter"],
+        builder=builder,
+        runner=runner,
+        database=database,
+        cost_model=ms.cost_model.XGBModel(
+            extractor=ms.feature_extractor.PerStoreFeature(),
+            adaptive_training=True,
+            num_tuning_cores=job["threads"],
+        ),
+        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
+        task_scheduler="gradient",
+    )
     emit(event="done", stopped_by_budget=progress.stopped)
     return 0
 

@@ -70,7 +70,12 @@ def test_empty_image_folder(capsys, tmp_path, block):
 
 
 def test_unknown_target_lists_known(capsys, tmp_path, block):
-    _build_fails(capsys, tmp_path, [block["model"], "--calib", block["calib"], "--target", "riscv"], "known: x86")
+    _build_fails(
+        capsys,
+        tmp_path,
+        [block["model"], "--calib", block["calib"], "--target", "riscv"],
+        "known: arm, arm-dotprod, arm-i8mm, x86,",
+    )
 
 
 def test_unsupported_bits(capsys, tmp_path, block):

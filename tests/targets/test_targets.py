@@ -35,3 +35,16 @@ def test_registry_rejects_duplicates_and_lists_known():
         reg.add("a", 2)
     with pytest.raises(QCompileError, match=r"unknown thing 'b' \(known: a\)"):
         reg.get("b")
+
+
+def test_arm_presets_are_aarch64_with_portable_activations():
+    x86 = TARGETS.get("x86").activation_policy(8)
+    for name, features in (("arm", ()), ("arm-dotprod", ("+dotprod",)), ("arm-i8mm", ("+dotprod", "+i8mm"))):
+        spec = TARGETS.get(name)
+        target = spec.tvm()
+        assert str(target.attrs["mtriple"]) == "aarch64-linux-gnu"
+        assert set(features) <= {str(a) for a in target.attrs["mattr"]}
+        assert not spec.runs_on_host and spec.extra["arch"] == "aarch64"
+        # one calibration for both architectures: the same activation dtype and zero-point convention
+        assert (spec.activation_policy(8).dtype, spec.activation_policy(8).symmetric) == (x86.dtype, x86.symmetric)
+    assert TARGETS.get("arm-i8mm").kernels.dot_u8s8 == ("qcompile.arm.i8mm.dot_u8s8_4x4",)

@@ -1,0 +1,1 @@
+"""Deployment: toolchains for cross targets, the device bundle (`qcompile package`), emulated runs."""

@@ -1,0 +1,39 @@
+"""Finding the tools a target needs on the build machine, with errors that say what to install."""
+
+from __future__ import annotations
+
+import shutil
+
+from qcompile.errors import InputError
+from qcompile.targets.base import TargetSpec
+
+QEMU = ("qemu-aarch64-static", "qemu-aarch64")
+AARCH64_SYSROOT = "/usr/aarch64-linux-gnu"  # Debian's cross C/C++ libraries (libc6-arm64-cross, ...)
+
+
+def cross_cxx(target: TargetSpec) -> str | None:
+    """The C++ compiler that links `target`'s libraries: None for the host's own compiler."""
+    cxx = target.extra.get("cross_cxx")
+    if cxx is None:
+        return None
+    if shutil.which(cxx) is None:
+        raise InputError(
+            f"target {target.name!r} is cross-compiled with {cxx}, which is not installed "
+            f"(Debian/Ubuntu: apt install {target.extra['cross_package']})"
+        )
+    return cxx
+
+
+def host_cxx() -> str:
+    for cxx in ("g++", "c++", "clang++"):
+        if shutil.which(cxx):
+            return cxx
+    raise InputError("no C++ compiler on this machine (Debian/Ubuntu: apt install g++)")
+
+
+def qemu_aarch64() -> str:
+    for name in QEMU:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise InputError("running aarch64 code here needs qemu user-mode emulation (apt install qemu-user-static)")
