@@ -1,4 +1,4 @@
-"""Side-by-side latency on this machine, one process, same thread count, interleaved rounds:
+"""Side-by-side latency on this machine, same thread count, interleaved rounds (qcompile.bench):
 qcompile int8 and qcompile fp32 (both with the committed tuning database, else default schedules),
 onnxruntime fp32, and onnxruntime int8 (its static QDQ quantization from the same calibration data).
 Prints medians, p10 and ratios; asserts nothing.

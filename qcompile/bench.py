@@ -1,15 +1,20 @@
 """`qcompile bench`: latency of compiled artifacts next to onnxruntime, measured side by side.
 
-All engines run in one process with the same thread count, on the same inputs, in interleaved
-rounds (engine A's block, engine B's block, ..., repeated), so a noisy neighbour or a frequency
-change hits every engine alike. Reported per engine: median and 10th percentile of single-batch
+Every engine runs in its own process with the same thread count, on the same inputs, in
+interleaved rounds (engine A's block, engine B's block, ..., repeated; one engine busy at a time),
+so a noisy neighbour or a frequency change hits every engine alike, and no engine's thread pool
+or allocator disturbs another's. Reported per engine: median and 10th percentile of single-batch
 latencies, and ratios of medians against the first qcompile artifact."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qcompile.errors import InputError
+IDLE_S = 0.5
 
 
 @dataclass
@@ -82,18 +87,64 @@ def _artifact_engine(path: Path) -> Callable[[dict], object]:
     return Runner(open_artifact(path))
 
 
-def measure(engines: dict[str, Callable[[dict], object]], inputs: list[dict], rounds: int, per_round: int) -> list[Row]:
-    rows = {name: Row(name, []) for name in engines}
-    for fn in engines.values():  # warm up: first-call allocations, thread pools, caches
-        for feed in inputs[:2]:
+class _Engine:
+    """One engine in its own process (`python -m qcompile.bench worker`): no engine shares a process,
+    a thread pool, an allocator or CPU affinity with another. Measured in the measure's own process,
+    and only while every other engine is idle (blocked reading its pipe)."""
+
+    def __init__(self, kind: str, path: Path, threads: int, inputs: Path) -> None:
+        env = dict(os.environ, TVM_NUM_THREADS=str(threads), QCOMPILE_NO_PROGRESS="1")
+        cmd = [sys.executable, "-m", "qcompile.bench", kind, str(path), str(threads), str(inputs)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def run(self, count: int, start: int) -> list[float]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{count} {start}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark engine {self.proc.args[3]} died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def _worker(kind: str, path: str, threads: str, inputs: str) -> int:
+    with np.load(inputs) as data:
+        count = int(data["__count__"])
+        feeds = [{k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(f"{i}/")} for i in range(count)]
+    fn = _artifact_engine(Path(path)) if kind == "artifact" else _ort_engine(Path(path), int(threads))
+    for feed in feeds[:2]:  # warm up: first-call allocations, thread pools, caches
+        fn(feed)
+    print("[]", flush=True)
+    for line in sys.stdin:
+        n, start = map(int, line.split())
+        times = []
+        for i in range(n):
+            feed = feeds[(start + i) % len(feeds)]
+            t = time.perf_counter()
             fn(feed)
+            times.append(1e3 * (time.perf_counter() - t))
+        print(json.dumps(times), flush=True)
+    return 0
+
+
+def measure(engines: dict[str, _Engine], rounds: int, per_round: int) -> list[Row]:
+    """Interleaved rounds: engine A's block, engine B's block, ..., repeated; the first run of each
+    block is dropped (an engine waking from idle). Before each block the machine idles IDLE_S: the
+    previous engine's thread pool keeps spinning for a while after its last call (TVM's workers spin
+    ~300k iterations before they sleep), and on a 2-core machine that spinning takes the cores the
+    next engine runs on."""
+    rows = {name: Row(name, []) for name in engines}
+    for engine in engines.values():
+        engine.run(0, 0)  # wait until loaded and warm
     for r in range(rounds):
-        for name, fn in engines.items():
-            for i in range(per_round):
-                feed = inputs[(r * per_round + i) % len(inputs)]
-                t = time.perf_counter()
-                fn(feed)
-                rows[name].times_ms.append(1e3 * (time.perf_counter() - t))
+        for name, engine in engines.items():
+            time.sleep(IDLE_S)
+            rows[name].times_ms.extend(engine.run(per_round + 1, r * per_round)[1:])
     return list(rows.values())
 
 
@@ -112,24 +163,31 @@ def bench(
     from qcompile.runtime import open_artifact
 
     threads = threads or os.cpu_count() or 1
-    if os.environ.get("TVM_NUM_THREADS") != str(threads):
-        raise InputError(f"set TVM_NUM_THREADS={threads} before TVM loads (qcompile bench does)")
-    engines: dict[str, Callable] = {}
     first = open_artifact(artifacts[0])
+    if inputs is None:
+        rng = np.random.default_rng(0)
+        inputs = [{s.name: rng.standard_normal(s.shape).astype(s.dtype) for s in first.inputs} for _ in range(4)]
+    specs: dict[str, tuple[str, Path]] = {}
     for path in artifacts:
         art = open_artifact(path)
         bits = art.manifest["quantization"]["bits"]
         label = "fp32" if bits == 32 else f"int{bits}"
         tuned = art.manifest.get("kernels", {}).get("schedules", {}).get("tuned", 0)
-        engines[f"qcompile {label} ({'tuned' if tuned else 'default schedules'})"] = _artifact_engine(path)
+        specs[f"qcompile {label} ({'tuned' if tuned else 'default schedules'})"] = ("artifact", Path(path))
     if model is not None:
-        engines["onnxruntime fp32"] = _ort_engine(model, threads)
+        specs["onnxruntime fp32"] = ("onnx", Path(model))
     if ort_int8 is not None:
-        engines["onnxruntime int8 (QDQ)"] = _ort_engine(ort_int8, threads)
-    if inputs is None:
-        rng = np.random.default_rng(0)
-        inputs = [{s.name: rng.standard_normal(s.shape).astype(s.dtype) for s in first.inputs} for _ in range(4)]
-    rows = measure(engines, inputs, rounds, per_round)
+        specs["onnxruntime int8 (QDQ)"] = ("onnx", Path(ort_int8))
+    with tempfile.TemporaryDirectory(prefix="qcompile-bench-") as tmp:
+        feeds = Path(tmp) / "inputs.npz"
+        arrays = {f"{i}/{k}": v for i, feed in enumerate(inputs) for k, v in feed.items()}
+        np.savez(feeds, __count__=np.array(len(inputs)), **arrays)
+        engines = {name: _Engine(kind, path, threads, feeds) for name, (kind, path) in specs.items()}
+        try:
+            rows = measure(engines, rounds, per_round)
+        finally:
+            for engine in engines.values():
+                engine.close()
     base = rows[0].median
     return {
         "threads": threads,
@@ -156,3 +214,7 @@ def format_table(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"  {r['engine']:<40} {r['median_ms']:>10.3f} {r['p10_ms']:>9.3f}  x{r['ratio_to_first']:>7.2f}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # an engine process: python -m qcompile.bench KIND PATH THREADS INPUTS
+    sys.exit(_worker(*sys.argv[1:5]))

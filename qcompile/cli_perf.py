@@ -54,7 +54,8 @@ def add_parsers(sub) -> None:
         "bench",
         help="latency of artifacts next to onnxruntime, measured side by side",
         description="Runs each artifact (and onnxruntime on the float model, and on its own static int8 "
-        "quantization) in one process, same threads, interleaved rounds; prints medians, p10 and ratios.",
+        "quantization) in its own process with the same threads, one at a time in interleaved rounds; "
+        "prints medians, p10 and ratios.",
     )
     b.add_argument("artifacts", nargs="+", help="artifact directories (e.g. an int8 and a --bits 32 build)")
     b.add_argument("--model", help="the float ONNX model (needed for --vs-onnxruntime)")
@@ -130,7 +131,6 @@ def bench(args: argparse.Namespace) -> int:
         raise InputError("--threads, --rounds and --per-round must be positive")
     if (args.vs_onnxruntime or args.ort_int8_calib) and not args.model:
         raise InputError("--vs-onnxruntime and --ort-int8-calib need --model (the float ONNX model)")
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's thread pool starts
     import tempfile
 
     import numpy as np
