@@ -3,8 +3,9 @@
 Activations are uint8 with a zero point, as on x86, so that one calibration (one qparams.json) gives
 bit-identical integer results on both architectures: every kernel is exact integer arithmetic and the
 requantize is fixed-point. `arm-i8mm` multiplies them by the int8 weights with `usdot` (u8 x s8 -> s32,
-Armv8.6-A), the same operand signs as x86's vpdpbusd; `arm` and `arm-dotprod` use NEON through LLVM's
-vectorizer (`sdot` takes s8 x s8 and would need int8 activations: see the README's ARM section)."""
+Armv8.6-A), the same operand signs as x86's vpdpbusd; `arm-dotprod` with `sdot` (s8 x s8, Armv8.2-A) on
+activations re-centred by -128 plus a second sdot that adds the 128 * sum(weights) back (exact);
+`arm` uses NEON through LLVM's vectorizer."""
 
 from qcompile.kernels.spec import CpuKernelSpec
 from qcompile.targets.base import ActivationPolicy, TargetSpec, register_target
@@ -22,6 +23,7 @@ TRIPLE = "aarch64-linux-gnu"
 CROSS_CXX = "aarch64-linux-gnu-g++"
 CROSS_PACKAGE = "g++-aarch64-linux-gnu"
 _I8MM = "qcompile.arm.i8mm.dot_u8s8_4x4"
+_DOTPROD = "qcompile.arm.dotprod.dot_u8s8_4x4"
 
 
 def _preset(name: str, mattr: list[str], flags: tuple[str, ...], dots: tuple[str, ...], description: str):
@@ -44,7 +46,7 @@ ARM_DOTPROD = _preset(
     "arm-dotprod",
     ["+neon", "+v8.2a", "+dotprod"],
     ("asimd", "asimddp"),
-    (),
+    (_DOTPROD,),
     "64-bit ARM Linux, Armv8.2-A + dotprod (Cortex-A55, A76, Neoverse N1)",
 )
 ARM_I8MM = _preset(

@@ -33,6 +33,7 @@ class DotIntrinsic:
     form: str  # "quad" or "pairs" (module docstring)
     llvm: str  # the LLVM intrinsic doing the multiply-adds
     byte_operands: bool = False  # quad: the LLVM intrinsic takes its operands as byte vectors, not int32
+    signed_only: bool = False  # quad: the instruction multiplies s8 x s8 (aarch64 sdot); see _quad
 
 
 INTRINSICS = {
@@ -44,6 +45,8 @@ INTRINSICS = {
         DotIntrinsic("qcompile.x86.vnni.dot_u8s8_8x4", 8, "quad", "llvm.x86.avx512.vpdpbusd.256"),
         # aarch64 Armv8.6-A i8mm: usdot v4i32 += u8x16 . s8x16, four products per lane.
         DotIntrinsic("qcompile.arm.i8mm.dot_u8s8_4x4", 4, "quad", "llvm.aarch64.neon.usdot", byte_operands=True),
+        # aarch64 Armv8.2-A dotprod: sdot v4i32 += s8x16 . s8x16, with the u8 activations re-centred.
+        DotIntrinsic("qcompile.arm.dotprod.dot_u8s8_4x4", 4, "quad", "llvm.aarch64.neon.sdot", True, True),
     )
 }
 _registered: set[str] = set()
@@ -66,6 +69,41 @@ def _quad(d: DotIntrinsic):
                     vi, vk = T.axis.remap("SR", [i, k])
                     c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
 
+    # The operands as the LLVM intrinsic types them: x86 vpdpbusd takes int32 vectors (the 4 activation
+    # bytes broadcast as one int32), aarch64 usdot byte vectors (v16i8 u8, v16i8 s8).
+    # sdot multiplies signed bytes only: it gets a - 128 (the top bit of each byte flipped, exact in
+    # int8) and the sum is corrected by 128 * sum(b), i.e. minus a second sdot of -128 with b. Exact,
+    # two instructions per 16 products.
+    def a_operand(a):
+        word = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+        if d.signed_only:
+            return T.reinterpret(T.broadcast(word ^ T.int32(-0x7F7F7F80), lanes), dtype=f"int8x{lanes * 4}")
+        broadcast = T.broadcast(word, lanes)
+        return T.reinterpret(broadcast, dtype=f"uint8x{lanes * 4}") if d.byte_operands else broadcast
+
+    def b_operand(b):
+        weights = b.vload([0, 0], dtype=f"int8x{lanes * 4}")
+        return weights if d.byte_operands else T.reinterpret(weights, dtype=f"int32x{lanes}")
+
+    def accumulated(c, a, b):
+        dot = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(d.llvm),
+            c.vload([0], dtype=f"int32x{lanes}"),
+            a_operand(a),
+            b_operand(b),
+            dtype=f"int32x{lanes}",
+        )
+        if not d.signed_only:
+            return dot
+        centre = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(d.llvm),
+            T.broadcast(T.int32(0), lanes),
+            T.broadcast(T.int8(-128), lanes * 4),
+            b_operand(b),
+            dtype=f"int32x{lanes}",
+        )
+        return dot - centre
+
     # One nested expression: TVMScript turns a named vector temporary into a heap-backed buffer.
     @T.prim_func(s_tir=True)
     def impl(
@@ -76,50 +114,9 @@ def _quad(d: DotIntrinsic):
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
             T.writes(c[0:lanes])
-            c.vstore(
-                [0],
-                T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(d.llvm),
-                    c.vload([0], dtype=f"int32x{lanes}"),
-                    T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), lanes),
-                    T.reinterpret(b.vload([0, 0], dtype=f"int8x{lanes * 4}"), dtype=f"int32x{lanes}"),
-                    dtype=f"int32x{lanes}",
-                ),
-            )
+            c.vstore([0], accumulated(c, a, b))
 
-    if d.byte_operands:
-        return desc, _quad_bytes_impl(d)
     return desc, impl
-
-
-def _quad_bytes_impl(d: DotIntrinsic):
-    """`quad` for an LLVM intrinsic typed on byte vectors (aarch64 usdot: v4i32, v16i8 u8, v16i8 s8)."""
-    lanes = d.lanes
-
-    @T.prim_func(s_tir=True)
-    def impl(
-        a: T.Buffer((4,), "uint8", offset_factor=1),
-        b: T.Buffer((lanes, 4), "int8", offset_factor=1),
-        c: T.Buffer((lanes,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
-            T.writes(c[0:lanes])
-            c.vstore(
-                [0],
-                T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(d.llvm),
-                    c.vload([0], dtype=f"int32x{lanes}"),
-                    T.reinterpret(
-                        T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), lanes),
-                        dtype=f"uint8x{lanes * 4}",
-                    ),
-                    b.vload([0, 0], dtype=f"int8x{lanes * 4}"),
-                    dtype=f"int32x{lanes}",
-                ),
-            )
-
-    return impl
 
 
 def _pairs(d: DotIntrinsic):

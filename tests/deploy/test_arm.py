@@ -5,6 +5,7 @@ qparams. Integer kernels and a fixed-point requantize make the two bit-identical
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +40,17 @@ def fashion_x86(fashion, tmp_path_factory) -> Path:
     return _build(fashion["model"], tmp_path_factory.mktemp("x86") / "art", "--calib", str(fashion["calib"]))
 
 
-@pytest.mark.parametrize("preset", ["arm", "arm-i8mm"])
+@pytest.mark.parametrize("preset", ["arm", "arm-dotprod", "arm-i8mm"])
 def test_fashion_arm_under_qemu_is_bit_identical_to_x86(preset, fashion, fashion_x86, tmp_path):
     art = _build(fashion["model"], tmp_path / "arm", "--target", preset, "--qparams", str(fashion_x86 / "qparams.json"))
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["target"]["tvm"]["mtriple"] == "aarch64-linux-gnu"
     assert (art / "model.so").read_bytes()[:20][18] == 183  # ELF e_machine EM_AARCH64
+    instruction = {"arm": None, "arm-dotprod": "sdot", "arm-i8mm": "usdot"}[preset]
+    if instruction:  # the preset's dot product is really in the library
+        objdump = ["aarch64-linux-gnu-objdump", "-d", str(art / "model.so")]
+        dump = subprocess.run(objdump, capture_output=True, text=True)
+        assert f"\t{instruction}\t" in dump.stdout
     bundle = _package(art)
     inputs = np.load(fashion["eval"])["input"][:16]
     np.testing.assert_array_equal(_bundle_outputs(bundle, inputs), _x86_outputs(fashion_x86, inputs))

@@ -48,3 +48,5 @@ def test_arm_presets_are_aarch64_with_portable_activations():
         # one calibration for both architectures: the same activation dtype and zero-point convention
         assert (spec.activation_policy(8).dtype, spec.activation_policy(8).symmetric) == (x86.dtype, x86.symmetric)
     assert TARGETS.get("arm-i8mm").kernels.dot_u8s8 == ("qcompile.arm.i8mm.dot_u8s8_4x4",)
+    assert TARGETS.get("arm-dotprod").kernels.dot_u8s8 == ("qcompile.arm.dotprod.dot_u8s8_4x4",)
+    assert TARGETS.get("arm").kernels.dot_u8s8 == ()
