@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,13 +57,17 @@ def test_fashion_arm_under_qemu_is_bit_identical_to_x86(preset, fashion, fashion
     np.testing.assert_array_equal(_bundle_outputs(bundle, inputs), _x86_outputs(fashion_x86, inputs))
 
 
-def test_x86_bundle_cpp_runner_matches_python_runtime(fashion, fashion_x86):
+def test_x86_bundle_cpp_runner_matches_python_runtime(fashion, fashion_x86, tmp_path):
     bundle = _package(fashion_x86)
     assert sorted(p.name for p in (bundle / "lib").iterdir()) == ["libtvm_ffi.so", "libtvm_runtime.so"]
     inputs = np.load(fashion["eval"])["input"][:8]
     np.testing.assert_array_equal(_bundle_outputs(bundle, inputs), _x86_outputs(fashion_x86, inputs))
     outputs, latency = run_bundle(bundle, [inputs[:1]], repeat=3)
     assert outputs[0].shape == (1, 10) and latency is not None and latency > 0
+    # run.py, the bundle's Python-runtime runner, computes the same
+    np.save(tmp_path / "x.npy", inputs[:1])
+    subprocess.run([sys.executable, str(bundle / "run.py"), str(tmp_path), str(tmp_path / "x.npy")], check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "output_0.npy"), outputs[0])
 
 
 def test_arm_build_without_cross_compiler_says_what_to_install(fashion, tmp_path, monkeypatch, capsys):
