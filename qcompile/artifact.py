@@ -116,8 +116,8 @@ def _quantization(config: BuildConfig, plan: QuantPlan, target: TargetSpec) -> d
     if config.bits == FLOAT_BITS:
         return {
             "bits": FLOAT_BITS,
-            "activations": {"dtype": "float32"},
-            "weights": {"dtype": "float32"},
+            "activations": {"dtype": config.float_dtype},
+            "weights": {"dtype": config.float_dtype},
             "config": config.to_json(),
         }
     policy = target.activation_policy(config.bits)
@@ -147,6 +147,8 @@ def _kernels(target: TargetSpec, schedules: dict) -> dict:
     doc["schedules"] = {"tuned": len(tuned), "default": len(default), "untuned_kernels": default}
     if "tuning_db" in schedules:
         doc["schedules"]["tuning_db"] = schedules["tuning_db"]
+    if "cuda" in schedules:  # kernels are CUDA C compiled at load time; nvcc checked them at build time
+        doc["cuda"] = {**schedules["cuda"], "schedules": "dlight defaults", "compiled_at_load": True}
     return doc
 
 

@@ -55,6 +55,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         default=True,
         help="correct each layer's bias for the mean output shift its int8 weights cause (default on)",
     )
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="GPU targets: compute the float layers (all of them with --bits 32) in float16",
+    )
 
 
 def config_from_args(args: argparse.Namespace):
@@ -73,4 +78,5 @@ def config_from_args(args: argparse.Namespace):
         preprocess=args.preprocess,
         max_calib_batches=args.max_calib_batches,
         bias_correction=args.bias_correction,
+        float_dtype="float16" if args.fp16 else "float32",
     )

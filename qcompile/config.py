@@ -27,6 +27,7 @@ class BuildConfig:
     preprocess: str | None = None
     max_calib_batches: int | None = None
     bias_correction: bool = True
+    float_dtype: str = "float32"  # float layers' dtype: float16 on GPU targets (--fp16)
 
     def __post_init__(self) -> None:
         spec = TARGETS.get(self.target)  # unknown target: error listing the known ones
@@ -37,6 +38,10 @@ class BuildConfig:
             MethodOptions(percentile=self.percentile)
         except ValueError as exc:
             raise InputError(f"--percentile: {exc}") from None
+        if self.float_dtype not in ("float32", "float16"):
+            raise InputError(f"float dtype {self.float_dtype!r} is not float32 or float16")
+        if self.float_dtype == "float16" and not spec.extra.get("gpu"):
+            raise InputError(f"--fp16 is for GPU targets; {self.target!r} computes float layers in float32")
         if self.max_calib_batches is not None and self.max_calib_batches <= 0:
             raise InputError("--max-calib-batches must be positive")
 

@@ -51,6 +51,61 @@ def lower(mod: tvm.IRModule, target: tvm.target.Target, kernels: CpuKernelSpec |
         )(mod)
 
 
+def gpu_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """DLight's GPU rules for every kernel without a schedule (thread binding is mandatory on a GPU):
+    matmul, GEMV and reductions get their own rules, everything else (conv2d included) the fallback."""
+    import tvm.s_tir.dlight as dl
+
+    with target:
+        return dl.ApplyDefaultSchedule(
+            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+        )(mod)
+
+
+def to_float16(mod: tvm.IRModule) -> tvm.IRModule:
+    """Float ops in float16 (inputs and outputs keep their float32 interface); integer ops untouched.
+    ToMixedPrecision takes tensor operands only, so float clips (relu6: scalar bounds) become
+    maximum/minimum with constant tensors first."""
+    return relax.transform.ToMixedPrecision(out_dtype="float16")(_ClipToMinMax().rewrite(mod))
+
+
+@relax.expr_functor.mutator
+class _ClipToMinMax(relax.PyExprMutator):
+    def rewrite(self, mod: tvm.IRModule) -> tvm.IRModule:
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                self.builder_.update_func(gv, self.visit_expr(func))
+        return self.builder_.get()
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if call.op != tvm.ir.Op.get("relax.clip") or str(call.args[0].ty.dtype) != "float32":
+            return call
+        lo, hi = (relax.const(float(b.value), "float32") for b in call.args[1:])
+        return relax.op.minimum(relax.op.maximum(call.args[0], lo), hi)
+
+
+def check_cuda_kernels(executable: relax.Executable, target: tvm.target.Target, nvcc: str) -> dict:
+    """TVM 0.27 stores a CUDA library's kernels as CUDA C, compiled when the library is loaded on the
+    GPU. Compile them here with nvcc for the target's architecture, so a codegen or compiler error
+    fails the build, not the deployment; returns what the manifest records."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    cuda = [m for m in executable.mod.imports[0].imports if m.kind == "cuda"]
+    arch = str(target.attrs["arch"])
+    with tempfile.TemporaryDirectory(prefix="qcompile-nvcc-") as tmp:
+        source, cubin = Path(tmp) / "kernels.cu", Path(tmp) / "kernels.cubin"
+        source.write_text("".join(m.inspect_source("cuda") for m in cuda))
+        proc = subprocess.run(
+            [nvcc, f"-arch={arch}", "-cubin", "-w", "-o", str(cubin), str(source)], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"nvcc rejected the generated CUDA kernels: {proc.stderr.strip()[:1500]}")
+        return {"arch": arch, "source_bytes": source.stat().st_size, "cubin_bytes": cubin.stat().st_size}
+
+
 def compile_module(
     mod: tvm.IRModule,
     target: tvm.target.Target,
@@ -66,5 +121,7 @@ def compile_module(
         from qcompile.kernels.templates import apply_default_schedules
 
         lowered = apply_default_schedules(lowered, kernels)
+    elif target.kind.name == "cuda":
+        lowered = gpu_default_schedules(lowered, target)
     with tvm.transform.PassContext(opt_level=3, config=BUILD_CONFIG):
         return tvm.compile(lowered, target=target)

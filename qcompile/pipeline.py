@@ -105,7 +105,11 @@ def realize_stage(canon: Canonical, plan: QuantPlan, qparams: dict[str, QParams]
 
 
 def compile_stage(
-    mod: tvm.IRModule, target: TargetSpec, tuning_db: str | Path | None = None, require_tuned: bool = False
+    mod: tvm.IRModule,
+    target: TargetSpec,
+    tuning_db: str | Path | None = None,
+    require_tuned: bool = False,
+    float_dtype: str = "float32",
 ) -> tuple[tvm.runtime.Module, dict]:
     """Compile with the tuning database's records where it has them, default templates elsewhere.
     Returns the executable and what was applied (for the manifest)."""
@@ -132,8 +136,17 @@ def compile_stage(
             check_tuned(applied)
         return lowered
 
+    if float_dtype == "float16":
+        from qcompile.lowering import to_float16
+
+        mod = to_float16(mod)
     executable = compile_module(mod, target.tvm(), target.kernels, apply_records=checked)
     schedules = {"tuned": sorted(applied.tuned), "default": sorted(applied.untuned)}
+    if target.extra.get("gpu") == "cuda":
+        from qcompile.deploy.toolchain import nvcc
+        from qcompile.lowering import check_cuda_kernels
+
+        schedules["cuda"] = check_cuda_kernels(executable, target.tvm(), nvcc())
     if tuning_db is not None:
         schedules["tuning_db"] = folder_name(key_of(target))
     return executable, schedules
@@ -161,7 +174,7 @@ def build(
         check_writable(Path(output))
     target = TARGETS.get(config.target)
     if stop_after is None or STAGES.index(stop_after) >= STAGES.index("package"):
-        cross_cxx(target)  # a missing cross compiler fails now, not after calibration
+        cross_cxx(target)  # a missing cross compiler (or CUDA toolkit) fails now, not after calibration
     result = BuildResult(config)
     dump = _IRDump(Path(dump_ir)) if dump_ir else None
 
@@ -200,7 +213,7 @@ def build(
     if done("realize", t):
         return result
     t = time.perf_counter()
-    executable, schedules = compile_stage(result.realized, target, tuning_db, require_tuned)
+    executable, schedules = compile_stage(result.realized, target, tuning_db, require_tuned, config.float_dtype)
     if done("build", t):
         return result
     t = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 from qcompile.errors import InputError
@@ -12,7 +13,10 @@ AARCH64_SYSROOT = "/usr/aarch64-linux-gnu"  # Debian's cross C/C++ libraries (li
 
 
 def cross_cxx(target: TargetSpec) -> str | None:
-    """The C++ compiler that links `target`'s libraries: None for the host's own compiler."""
+    """The C++ compiler that links `target`'s libraries: None for the host's own compiler. Checks a GPU
+    target's device compiler too."""
+    if target.extra.get("gpu") == "cuda":
+        nvcc()
     cxx = target.extra.get("cross_cxx")
     if cxx is None:
         return None
@@ -37,3 +41,17 @@ def qemu_aarch64() -> str:
         if path:
             return path
     raise InputError("running aarch64 code here needs qemu user-mode emulation (apt install qemu-user-static)")
+
+
+def nvcc() -> str:
+    """The CUDA compiler TVM builds CUDA kernels with (found on PATH or under CUDA_HOME, as TVM does)."""
+    found = shutil.which("nvcc")
+    home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+    if found is None and os.path.isfile(os.path.join(home, "bin", "nvcc")):
+        found = os.path.join(home, "bin", "nvcc")
+    if found is None:
+        raise InputError(
+            "CUDA targets are compiled with nvcc, which is not on PATH nor in $CUDA_HOME/bin "
+            "(install the CUDA toolkit, 12 or newer; no GPU is needed to build)"
+        )
+    return found
