@@ -88,9 +88,9 @@ def _artifact_engine(path: Path) -> Callable[[dict], object]:
 
 
 class _Engine:
-    """One engine in its own process (`python -m qcompile.bench worker`): no engine shares a process,
-    a thread pool, an allocator or CPU affinity with another. Measured in the measure's own process,
-    and only while every other engine is idle (blocked reading its pipe)."""
+    """One engine in its own process (`python -m qcompile.bench KIND PATH THREADS INPUTS`, `_worker`):
+    no engine shares a thread pool, an allocator or CPU affinity with another. It times its own calls,
+    and runs only while every other engine is idle (blocked reading its pipe)."""
 
     def __init__(self, kind: str, path: Path, threads: int, inputs: Path) -> None:
         env = dict(os.environ, TVM_NUM_THREADS=str(threads), QCOMPILE_NO_PROGRESS="1")

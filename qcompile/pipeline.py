@@ -15,7 +15,7 @@ from qcompile.calibration.collect import calibrate
 from qcompile.calibration.store import load_qparams, qparams_to_json
 from qcompile.config import FLOAT_BITS, STAGES, BuildConfig
 from qcompile.data import ImagePreprocess, load_data
-from qcompile.deploy.toolchain import cross_cxx
+from qcompile.deploy.toolchain import check_toolchain
 from qcompile.errors import InputError
 from qcompile.lowering import compile_module
 from qcompile.model import OnnxModel, load_onnx, output_specs, to_relax
@@ -174,7 +174,7 @@ def build(
         check_writable(Path(output))
     target = TARGETS.get(config.target)
     if stop_after is None or STAGES.index(stop_after) >= STAGES.index("package"):
-        cross_cxx(target)  # a missing cross compiler (or CUDA toolkit) fails now, not after calibration
+        check_toolchain(target)  # a missing cross compiler or CUDA toolkit fails now, not after calibration
     result = BuildResult(config)
     dump = _IRDump(Path(dump_ir)) if dump_ir else None
 

@@ -15,10 +15,9 @@ from qcompile.deploy.toolchain import AARCH64_SYSROOT, qemu_aarch64
 from qcompile.errors import InputError
 
 
-def bundle_command(bundle: Path) -> list[str]:
+def bundle_command(bundle: Path, manifest: dict) -> list[str]:
     from qcompile.targets import TARGETS
 
-    manifest = json.loads((bundle / "manifest.json").read_text())
     arch = TARGETS.get(manifest["target"]["name"]).extra.get("arch", "x86_64")
     if arch == "x86_64":
         return [str(bundle / RUNNER)]
@@ -39,7 +38,7 @@ def run_bundle(bundle: str | Path, inputs: list[np.ndarray], repeat: int = 0) ->
         for i, x in enumerate(inputs):
             paths.append(Path(tmp, f"input_{i}.npy"))
             np.save(paths[-1], np.ascontiguousarray(x))
-        cmd = [*bundle_command(bundle), str(bundle / manifest["library"]), tmp, *map(str, paths)]
+        cmd = [*bundle_command(bundle, manifest), str(bundle / manifest["library"]), tmp, *map(str, paths)]
         if repeat:
             cmd += ["--repeat", str(repeat)]
         proc = subprocess.run(cmd, capture_output=True, text=True)

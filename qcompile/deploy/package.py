@@ -37,23 +37,19 @@ def _site_dirs() -> tuple[Path, Path]:
     return Path(tvm.__file__).parent, Path(tvm_ffi.__file__).parent
 
 
-def runtime_libs(arch: str) -> Path:
-    """A folder holding RUNTIME_LIBS for `arch`, matching the TVM this compiler runs."""
+def runtime_libs(arch: str) -> list[Path]:
+    """RUNTIME_LIBS for `arch`, matching the TVM this compiler runs: this installation's own on x86-64."""
     import tvm
     import tvm_ffi
 
-    tvm_dir, ffi_dir = _site_dirs()
     if arch == "x86_64":
-        folder = cache_dir() / f"runtime-x86_64-tvm{tvm.__version__}"
-        sources = [tvm_dir / "lib" / RUNTIME_LIBS[0], ffi_dir / "lib" / RUNTIME_LIBS[1]]
-        if not (folder / RUNTIME_LIBS[0]).is_file():
-            _install(folder, {s.name: s.read_bytes() for s in sources})
-        return folder
+        tvm_dir, ffi_dir = _site_dirs()
+        return [tvm_dir / "lib" / RUNTIME_LIBS[0], ffi_dir / "lib" / RUNTIME_LIBS[1]]
     if arch not in _WHEEL_PLATFORM:
         raise InputError(f"no TVM runtime is known for architecture {arch!r}")
     folder = cache_dir() / f"runtime-{arch}-tvm{tvm.__version__}-ffi{tvm_ffi.__version__}"
     if all((folder / lib).is_file() for lib in RUNTIME_LIBS):
-        return folder
+        return [folder / lib for lib in RUNTIME_LIBS]
     ffi_series = ".".join(tvm_ffi.__version__.split(".")[:3])  # 0.1.14.post1 -> 0.1.14.*
     with tempfile.TemporaryDirectory(prefix="qcompile-wheels-") as tmp:
         cmd = [
@@ -76,7 +72,7 @@ def runtime_libs(arch: str) -> Path:
     if missing:
         raise InputError(f"the {arch} TVM wheels lack {', '.join(sorted(missing))}")
     _install(folder, found)
-    return folder
+    return [folder / lib for lib in RUNTIME_LIBS]
 
 
 def _install(folder: Path, files: dict[str, bytes]) -> None:
@@ -90,16 +86,17 @@ def _install(folder: Path, files: dict[str, bytes]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def compile_runner(arch: str, cxx: str, libs: Path, output: Path) -> Path:
+def compile_runner(arch: str, cxx: str, libs: list[Path], output: Path) -> Path:
     _, ffi_dir = _site_dirs()
+    lib_dirs = sorted({str(lib.parent) for lib in libs})
     source = resources.files("qcompile.deploy").joinpath("runner.cc")
     with resources.as_file(source) as src:
         cmd = [
             cxx, "-std=c++17", "-O2", "-s", str(src), "-o", str(output),
             "-I", str(ffi_dir / "include"),
             # libtvm_runtime registers the Relax VM loader: linked even though no symbol is used directly
-            "-L", str(libs), "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi",
-            f"-Wl,-rpath-link,{libs}", "-Wl,-rpath,$ORIGIN/lib",
+            *(f"-L{d}" for d in lib_dirs), "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi",
+            *(f"-Wl,-rpath-link,{d}" for d in lib_dirs), "-Wl,-rpath,$ORIGIN/lib",
         ]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -126,8 +123,8 @@ def package(artifact_path: str | Path, output: str | Path | None = None, runner:
     try:
         os.chmod(staging, 0o755)  # mkdtemp makes it private; a bundle is meant to be copied and shared
         (staging / "lib").mkdir()
-        for lib in RUNTIME_LIBS:
-            shutil.copyfile(libs / lib, staging / "lib" / lib)
+        for lib in libs:
+            shutil.copyfile(lib, staging / "lib" / lib.name)
         shutil.copyfile(art.library, staging / art.library.name)
         shutil.copyfile(art.path / "manifest.json", staging / "manifest.json")
         compile_runner(arch, cxx, libs, staging / RUNNER)

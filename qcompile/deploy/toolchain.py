@@ -12,11 +12,15 @@ QEMU = ("qemu-aarch64-static", "qemu-aarch64")
 AARCH64_SYSROOT = "/usr/aarch64-linux-gnu"  # Debian's cross C/C++ libraries (libc6-arm64-cross, ...)
 
 
-def cross_cxx(target: TargetSpec) -> str | None:
-    """The C++ compiler that links `target`'s libraries: None for the host's own compiler. Checks a GPU
-    target's device compiler too."""
+def check_toolchain(target: TargetSpec) -> None:
+    """Every tool building `target` needs (its cross compiler, a GPU target's nvcc), before any work."""
     if target.extra.get("gpu") == "cuda":
         nvcc()
+    cross_cxx(target)
+
+
+def cross_cxx(target: TargetSpec) -> str | None:
+    """The C++ compiler that links `target`'s libraries: None for the host's own compiler."""
     cxx = target.extra.get("cross_cxx")
     if cxx is None:
         return None

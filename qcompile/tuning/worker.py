@@ -18,6 +18,7 @@ import tvm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
+from qcompile.deploy.toolchain import cross_cxx
 from qcompile.kernels.decide import Sampler
 from qcompile.kernels.templates import schedule_module
 from qcompile.targets import TARGETS
@@ -90,7 +91,7 @@ def measure_on(job: dict, target_spec) -> tuple:
     if rpc is None:
         builder = ms.builder.LocalBuilder(f_build=build_candidate, max_workers=1, timeout_sec=60)
         return builder, ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=60)
-    cxx = target_spec.extra.get("cross_cxx")
+    cxx = cross_cxx(target_spec)
     if cxx:
         os.environ["QCOMPILE_CROSS_CXX"] = cxx  # inherited by the builder's worker processes
     builder = ms.builder.LocalBuilder(f_build=build_candidate, f_export=export_shared, max_workers=1, timeout_sec=120)
