@@ -37,6 +37,8 @@ def annotate(
     bits: int,
     target: str,
     skip: frozenset[str] = frozenset(),
+    layer_act: Mapping[str, SiteSpec] | None = None,
+    precisions: Mapping[str, str] | None = None,
 ) -> QuantPlan:
     func = mod["main"]
     bindings = main_bindings(func)
@@ -51,6 +53,7 @@ def annotate(
         layer_of=dict(layer_of),
         skip=skip,
         act=act,
+        layer_act=dict(layer_act or {}),
     )
     ops = []
     absorbed: set[str] = set()
@@ -71,7 +74,30 @@ def annotate(
         sites=sites,
         aliases=dict(ctx.aliases),
         float_layers=tuple(ctx.float_layers),
+        layer_precision=_layer_precision(ops, ctx.float_layers, sites, dict(ctx.aliases), precisions or {}),
     )
+
+
+def _layer_precision(
+    ops: list[OpPlan],
+    float_layers: list[str],
+    sites: dict[str, SiteSpec],
+    aliases: dict[str, str],
+    asked: Mapping[str, str],
+) -> dict[str, str]:
+    """What each layer computes in, as realized: its input site's width for integer layers (a layer may
+    read 16 bits because another reader of the same tensor asked for int16), else the float precision."""
+    out = {name: asked.get(name, "fp32") for name in float_layers}
+    for op in ops:
+        if op.layer is not None:
+            widths = set()
+            for name in op.inputs:
+                while name in aliases:
+                    name = aliases[name]
+                if name in sites:
+                    widths.add(sites[name].dtype)
+            out[op.layer] = "int16" if "int16" in widths else "int8"
+    return out
 
 
 def _dequantize_wide_outputs(ops: list[OpPlan], sites: dict[str, SiteSpec]) -> tuple[list[OpPlan], dict]:

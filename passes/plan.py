@@ -71,6 +71,7 @@ class QuantPlan:
     sites: dict[str, SiteSpec] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     float_layers: tuple[str, ...] = ()
+    layer_precision: dict[str, str] = field(default_factory=dict)  # every layer: int8 | int16 | fp16 | fp32
 
     def site_of(self, var: str) -> str:
         """The calibrated site whose quantization parameters `var` shares (pass-through ops)."""
@@ -93,6 +94,7 @@ class QuantPlan:
             "weight_dtype": self.weight_dtype,
             "quantized_layers": list(self.quantized_layers),
             "float_layers": list(self.float_layers),
+            "layer_precision": dict(self.layer_precision),
             "integer_ops": [op.rule for op in self.ops],
             "sites": {k: {"dtype": v.dtype, "symmetric": v.symmetric} for k, v in self.sites.items()},
         }

@@ -35,6 +35,19 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="ONNX node names of conv/gemm/matmul layers to keep in float",
     )
+    p.add_argument(
+        "--precision",
+        metavar="RULES",
+        help="per-layer precision: NAME=PREC,GLOB=PREC,default=PREC with PREC int8, int16 (16-bit activations "
+        "into the layer), fp16 (GPU targets) or fp32; an exact ONNX node name wins over a glob, the last "
+        "matching glob over earlier ones, both over the default (--bits); e.g. conv_12=int16,/blocks.3/*=fp32",
+    )
+    p.add_argument(
+        "--precision-file",
+        metavar="FILE",
+        help='per-layer precision as JSON {"default": "int8", "layers": {"NAME or GLOB": "fp32"}}, e.g. the '
+        "precision.json an automatic search (--max-top1-drop) wrote; --precision rules apply on top",
+    )
     p.add_argument("--skip-first", action="store_true", help="keep the first conv/matmul layer in float")
     p.add_argument("--skip-last", action="store_true", help="keep the last conv/matmul layer in float")
     p.add_argument(
@@ -65,6 +78,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     import qcompile as api
     from qcompile.model import parse_input_shapes
+    from qcompile.precision import PrecisionSpec
+
+    precision = PrecisionSpec.load(args.precision_file) if args.precision_file else PrecisionSpec()
+    if args.precision:
+        precision = precision.merged(PrecisionSpec.parse(args.precision))
 
     return api.BuildConfig(
         target=args.target,
@@ -79,4 +97,5 @@ def config_from_args(args: argparse.Namespace):
         max_calib_batches=args.max_calib_batches,
         bias_correction=args.bias_correction,
         float_dtype="float16" if args.fp16 else "float32",
+        precision=precision,
     )

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from qcompile.calibration.methods import CALIBRATORS, MethodOptions
 from qcompile.errors import InputError
+from qcompile.precision import PrecisionSpec
 from qcompile.targets import TARGETS
 
 FLOAT_BITS = 32  # --bits 32: no quantization, the float library (the fp32 baseline for benchmarks)
@@ -28,6 +29,7 @@ class BuildConfig:
     max_calib_batches: int | None = None
     bias_correction: bool = True
     float_dtype: str = "float32"  # float layers' dtype: float16 on GPU targets (--fp16)
+    precision: PrecisionSpec = PrecisionSpec()  # per-layer precision rules (--precision, --precision-file)
 
     def __post_init__(self) -> None:
         spec = TARGETS.get(self.target)  # unknown target: error listing the known ones
@@ -40,6 +42,19 @@ class BuildConfig:
             raise InputError(f"--percentile: {exc}") from None
         if self.float_dtype not in ("float32", "float16"):
             raise InputError(f"float dtype {self.float_dtype!r} is not float32 or float16")
+        used = {p for _, p in self.precision.rules} | {self.precision.default}
+        if "fp16" in used:
+            if not spec.extra.get("gpu"):
+                raise InputError(f"fp16 layers need a GPU target; {self.target!r} computes float layers in fp32")
+            if "fp32" in used:
+                raise InputError("fp16 and fp32 layers in one build: the float layers of a build share one dtype")
+            object.__setattr__(self, "float_dtype", "float16")
+        if self.bits == FLOAT_BITS and used & {"int8", "int16"}:
+            raise InputError("--bits 32 quantizes nothing; for a few integer layers use --precision default=fp32,...")
+        if self.bits == 16 and "int8" in used:
+            raise InputError("int8 layers in a --bits 16 build: use default=int8 and name the int16 layers")
+        if "int16" in used:
+            spec.activation_policy(16)
         if self.float_dtype == "float16" and not spec.extra.get("gpu"):
             raise InputError(f"--fp16 is for GPU targets; {self.target!r} computes float layers in float32")
         if self.max_calib_batches is not None and self.max_calib_batches <= 0:
@@ -53,6 +68,7 @@ class BuildConfig:
         doc = asdict(self)
         doc["skip"] = list(self.skip)
         doc["input_shapes"] = {k: list(v) for k, v in self.input_shapes.items()}
+        doc["precision"] = self.precision.to_json()
         return doc
 
     @staticmethod
@@ -60,4 +76,5 @@ class BuildConfig:
         doc = dict(doc)
         doc["skip"] = tuple(doc.get("skip", ()))
         doc["input_shapes"] = {k: tuple(v) for k, v in doc.get("input_shapes", {}).items()}
+        doc["precision"] = PrecisionSpec.from_json(doc.get("precision") or {})
         return BuildConfig(**doc)

@@ -33,6 +33,7 @@ class AnnotateContext:
     layer_of: dict[str, str]
     skip: frozenset[str]
     act: SiteSpec
+    layer_act: dict[str, SiteSpec] = field(default_factory=dict)  # layers whose input is wider (int16)
     integer: set[str] = field(default_factory=set)
     sites: dict[str, SiteSpec] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
@@ -50,10 +51,21 @@ class AnnotateContext:
         users = self.consumers.get(var, [])
         return users[0] if len(users) == 1 and self.uses.get(var, 0) == 1 else None
 
-    def need_site(self, var: relax.Var) -> None:
-        """`var` enters integer compute: calibrate it unless it already is integer (and so has qparams)."""
+    def need_site(self, var: relax.Var, spec: SiteSpec | None = None) -> None:
+        """`var` enters integer compute: calibrate it unless it already is integer (and so has qparams).
+        `spec` (an int16 layer's input) widens the tensor's site, also when another op produces it: a
+        tensor is stored at the widest precision any of its integer readers asks for."""
+        spec = spec or self.act
         if var.name not in self.integer:
-            self.sites[var.name] = self.act
+            current = self.sites.get(var.name)
+            if current is None or _bits(spec) > _bits(current):
+                self.sites[var.name] = spec
+            return
+        root = var.name
+        while root in self.aliases:
+            root = self.aliases[root]
+        if _bits(spec) > _bits(self.sites[root]):
+            self.sites[root] = spec
 
     def produce(self, var: str, alias_of: str | None = None) -> None:
         """Mark `var` integer: either a fresh site or one sharing `alias_of`'s qparams."""
@@ -62,6 +74,10 @@ class AnnotateContext:
             self.sites[var] = self.act
         else:
             self.aliases[var] = alias_of
+
+
+def _bits(spec: SiteSpec) -> int:
+    return 16 if spec.dtype == "int16" else 8
 
 
 class RealizeContext(Protocol):

@@ -62,7 +62,7 @@ class LinearRule:
             return None
         channels = self.channels(binding)
         chain = follow_chain(ctx, binding.var, bias_ok=lambda a: a.size in (1, channels))
-        ctx.need_site(data)
+        ctx.need_site(data, ctx.layer_act.get(layer))
         ctx.produce(chain.output.name)
         return OpPlan(
             var=binding.var.name,
