@@ -62,6 +62,7 @@ def replay(
     on_binding: Callable[[relax.BlockBuilder, Env, relax.VarBinding], None],
     extra_outputs: Callable[[Env], Sequence[relax.Expr]] | None = None,
     finish: Callable[[relax.BlockBuilder, Env, relax.Expr], relax.Expr] | None = None,
+    extra_params: Sequence[relax.Var] = (),
 ) -> tvm.IRModule:
     """Rebuild `main`: `on_binding` emits each binding's replacement and records it in `env`.
 
@@ -71,6 +72,7 @@ def replay(
     bindings = main_bindings(func)
     params = [relax.Var(p.name, p.ty) for p in func.params]
     env: Env = dict(zip(func.params, params))
+    params += list(extra_params)
     bb = relax.BlockBuilder()
     attrs = dict(func.attrs) if func.attrs is not None else None
     with bb.function("main", params, attrs=attrs):

@@ -16,6 +16,9 @@ __version__ = "0.1.0"
 _API = {
     "BuildConfig": "qcompile.config",
     "BuildResult": "qcompile.pipeline",
+    "MixedSearch": "qcompile.pipeline",
+    "Budget": "qcompile.mixed",
+    "PrecisionSpec": "qcompile.precision",
     "build": "qcompile.pipeline",
     "verify": "qcompile.verification",
     "run": "qcompile.runtime",

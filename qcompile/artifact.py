@@ -63,7 +63,9 @@ def write_artifact(
     qparams: dict[str, QParams],
     timings: dict[str, float],
     schedules: dict | None = None,
+    extra_json: dict[str, dict] | None = None,
 ) -> Path:
+    """`extra_json`: more JSON files for the artifact (e.g. precision.json of a mixed-precision search)."""
     import tvm
 
     from qcompile.calibration.store import qparams_to_json
@@ -90,6 +92,8 @@ def write_artifact(
             "stage_seconds": dict(timings),
         }
         _write_json(staging / "report.json", report)
+        for name, doc in (extra_json or {}).items():
+            _write_json(staging / name, doc)
         files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(staging.iterdir())}
         manifest = {
             "format": FORMAT,
@@ -110,6 +114,16 @@ def write_artifact(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
+
+
+def update_json(artifact: Path, name: str, doc: dict) -> None:
+    """Rewrite one JSON file of a finished artifact and its sha256 in the manifest (a report that is
+    only complete after the artifact was verified, e.g. the mixed-precision search's)."""
+    path = artifact / name
+    _write_json(path, doc)
+    manifest = json.loads((artifact / MANIFEST).read_text())
+    manifest["files"][name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    _write_json(artifact / MANIFEST, manifest)
 
 
 def _quantization(config: BuildConfig, plan: QuantPlan, target: TargetSpec) -> dict:

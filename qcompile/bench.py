@@ -172,8 +172,14 @@ def bench(
         art = open_artifact(path)
         bits = art.manifest["quantization"]["bits"]
         label = "fp32" if bits == 32 else f"int{bits}"
+        floats = len(art.read_json("report.json").get("float_layers", [])) if bits != 32 else 0
+        if floats:
+            label += f" + {floats} float layers"
         tuned = art.manifest.get("kernels", {}).get("schedules", {}).get("tuned", 0)
-        specs[f"qcompile {label} ({'tuned' if tuned else 'default schedules'})"] = ("artifact", Path(path))
+        name = f"qcompile {label} ({'tuned' if tuned else 'default schedules'})"
+        if name in specs:
+            name += f" [{Path(path).name}]"
+        specs[name] = ("artifact", Path(path))
     if model is not None:
         specs["onnxruntime fp32"] = ("onnx", Path(model))
     if ort_int8 is not None:

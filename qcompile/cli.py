@@ -49,6 +49,24 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail, naming them, when a kernel has no record in --tuning-db for this target and TVM version",
     )
+    m = b.add_argument_group(
+        "automatic mixed precision",
+        "start from all-integer and keep float the fewest, cheapest layers (ranked by output noise removed "
+        "per MAC, measured on one switchable compiled model) until the budget holds on --eval; the "
+        "artifact is then verified and gets precision.json (reuse: --precision-file) and mixed_precision.json",
+    )
+    m.add_argument("--eval", metavar="DATA", help="evaluation .npz the budget is measured on (may hold 'labels')")
+    m.add_argument("--max-top1-drop", type=float, metavar="POINTS", help="budget: top-1 drop vs fp32, in points")
+    m.add_argument("--min-sqnr", type=float, metavar="DB", help="budget: output SQNR vs fp32 of at least DB")
+    m.add_argument(
+        "--labels", action="store_true", help="measure the top-1 drop as accuracy on the eval labels, not agreement"
+    )
+    m.add_argument(
+        "--time-budget", metavar="DURATION", help="stop searching after this long (90s, 10m) and keep the best"
+    )
+    m.add_argument(
+        "--probe-samples", type=int, default=32, metavar="N", help="samples per layer sensitivity run (default 32)"
+    )
     b.add_argument("--dump-ir", metavar="DIR", help="write the Relax IR after each stage as TVMScript into DIR")
     b.add_argument("--stop-after", choices=STAGES, help="stop after this stage (with --dump-ir to look at the IR)")
 
@@ -88,6 +106,20 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("-o", "--output", help="bundle folder to write (default: ARTIFACT/deploy)")
     k.add_argument("--runner", default="cpp", choices=["cpp"], help="the runner program to build (default cpp)")
 
+    a = sub.add_parser(
+        "analyze",
+        help="per-layer sensitivity: which layer broke it? (report.json + report.html with plots)",
+        description="Calibrates, compiles one switchable model (every layer integer or float at run time) "
+        "and measures, per quantizable layer, the output SQNR and top-1 change when only that layer is "
+        "integer and when only it is float, its share of the MACs and of the int8 speedup, and the "
+        "accuracy / size / latency curve of keeping the top-ranked layers float.",
+    )
+    a.add_argument("model", help="float ONNX model file")
+    a.add_argument("-o", "--output", required=True, help="report directory (report.json, report.html, PNGs)")
+    a.add_argument("--data", required=True, help="evaluation .npz (one array per input, optional 'labels')")
+    a.add_argument("--max-samples", type=int, default=100, help="evaluate on at most this many samples (default 100)")
+    add_model_options(a)
+
     add_perf_parsers(sub)
 
     i = sub.add_parser("inspect", help="list a model's ops, shapes and quantizable layers")
@@ -102,6 +134,7 @@ def _build(args: argparse.Namespace) -> int:
     from qcompile.artifact import artifact_bytes
 
     config = config_from_args(args)
+    search = _mixed_search(args)
     result = api.build(
         args.model,
         args.output,
@@ -112,7 +145,17 @@ def _build(args: argparse.Namespace) -> int:
         stop_after=args.stop_after,
         tuning_db=args.tuning_db,
         require_tuned=args.require_tuned,
+        search=search,
     )
+    if result.mixed is not None:
+        v = result.mixed["verified"]
+        state = "met" if v["met"] else "NOT met"
+        print(
+            f"mixed precision: {len(result.mixed['float_layers'])} float layers, budget "
+            f"({result.mixed['budget']}) {state} by the built library: {v['value']:.3f}"
+        )
+        if not result.mixed["feasible"]:
+            print("qcompile: the budget cannot be met even with every searchable layer float", file=sys.stderr)
     if result.artifact is not None:
         report = json.loads((result.artifact / "report.json").read_text())
         total = artifact_bytes(result.artifact)
@@ -124,6 +167,25 @@ def _build(args: argparse.Namespace) -> int:
     else:
         print(f"stopped after {args.stop_after}" + (f"; IR in {args.dump_ir}" if args.dump_ir else ""))
     return 0
+
+
+def _mixed_search(args: argparse.Namespace):
+    from qcompile.cli_perf import parse_duration
+    from qcompile.errors import InputError
+    from qcompile.mixed import Budget
+    from qcompile.pipeline import MixedSearch
+
+    wants = args.max_top1_drop is not None or args.min_sqnr is not None
+    if args.eval is None:
+        if wants or args.labels or args.time_budget:
+            raise InputError("--max-top1-drop / --min-sqnr / --labels / --time-budget need --eval DATA")
+        return None
+    if not wants:
+        raise InputError("--eval needs a budget: --max-top1-drop POINTS or --min-sqnr DB")
+    if args.probe_samples <= 0:
+        raise InputError("--probe-samples must be positive")
+    budget = Budget(max_top1_drop=args.max_top1_drop, min_sqnr=args.min_sqnr, labels=args.labels)
+    return MixedSearch(args.eval, budget, parse_duration(args.time_budget), args.probe_samples)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -165,6 +227,27 @@ def _format_metrics(m: dict) -> str:
     return "\n".join(lines)
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from qcompile.analysis import analyze
+
+    report = analyze(
+        args.model,
+        args.output,
+        calib=args.calib,
+        qparams=args.qparams,
+        data=args.data,
+        config=config_from_args(args),
+        max_samples=args.max_samples,
+    )
+    print("all integer: " + ", ".join(f"{k}={v}" for k, v in report["all_integer"].items()))
+    print("most sensitive layers (noise removed per MAC when kept float):")
+    for row in report["layers"][:10]:
+        sqnr = f"{row['float_sqnr_db']:>7.2f} dB float-only  {row['int8_sqnr_db']:>7.2f} dB int8-only"
+        print(f"  {row['rank']:>3}  {sqnr}  {row['layer']}")
+    print(f"wrote {args.output}/report.json and report.html ({report['seconds']} s)")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     import qcompile as api
 
@@ -188,7 +271,15 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0 if info["supported"] else 2
 
 
-COMMANDS = {"build": _build, "verify": _verify, "run": _run, "inspect": _inspect, "package": _package, **PERF_COMMANDS}
+COMMANDS = {
+    "build": _build,
+    "analyze": _analyze,
+    "verify": _verify,
+    "run": _run,
+    "inspect": _inspect,
+    "package": _package,
+    **PERF_COMMANDS,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,14 +3,15 @@ load -> canonicalize -> annotate -> calibrate -> realize -> build -> package."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tvm
 
-from qcompile.artifact import check_writable, write_artifact
+from qcompile.artifact import check_writable, update_json, write_artifact
 from qcompile.calibration.collect import calibrate
 from qcompile.calibration.store import load_qparams, qparams_to_json
 from qcompile.config import FLOAT_BITS, STAGES, BuildConfig
@@ -18,11 +19,13 @@ from qcompile.data import ImagePreprocess, load_data
 from qcompile.deploy.toolchain import check_toolchain
 from qcompile.errors import InputError
 from qcompile.lowering import compile_module
+from qcompile.mixed import Budget
 from qcompile.model import OnnxModel, load_onnx, output_specs, to_relax
 from qcompile.passes.annotate import annotate, resolve_skips
 from qcompile.passes.canonicalize import canonicalize
 from qcompile.passes.plan import QParams, QuantPlan, SiteSpec
 from qcompile.passes.realize import RealizeIntegerOps
+from qcompile.precision import FLOAT_PRECISIONS, PrecisionSpec, default_precision
 from qcompile.targets import TARGETS, TargetSpec
 
 
@@ -37,6 +40,16 @@ class Canonical:
         return list(self.layer_of.values())
 
 
+@dataclass(frozen=True)
+class MixedSearch:
+    """Automatic mixed precision (build --eval with --max-top1-drop or --min-sqnr)."""
+
+    eval: str | Path
+    budget: Budget
+    time_budget_s: float | None = None
+    probe: int = 32  # samples per sensitivity run
+
+
 @dataclass
 class BuildResult:
     """What a build produced; `artifact` is None when it stopped early (--stop-after)."""
@@ -47,6 +60,7 @@ class BuildResult:
     realized: tvm.IRModule | None = None
     artifact: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    mixed: dict | None = None  # the search's report (mixed_precision.json)
 
 
 def load_stage(model_path: str | Path, config: BuildConfig) -> OnnxModel:
@@ -58,21 +72,55 @@ def canonicalize_stage(model: OnnxModel) -> Canonical:
     return Canonical(model, mod, layer_of)
 
 
+def layer_precisions(canon: Canonical, config: BuildConfig) -> dict[str, str]:
+    """Every quantizable layer's precision: --precision rules over --bits, --skip/--skip-first/--skip-last
+    keeping layers fp32 on top."""
+    names = canon.layer_names
+    if config.bits == FLOAT_BITS:
+        return dict.fromkeys(names, "fp32")
+    resolved = config.precision.resolve(names, default_precision(config.bits))
+    float_dtype = "fp16" if config.float_dtype == "float16" else "fp32"
+    for name in resolve_skips(names, config.skip, config.skip_first, config.skip_last):
+        resolved[name] = float_dtype
+    return resolved
+
+
 def annotate_stage(canon: Canonical, config: BuildConfig, target: TargetSpec) -> QuantPlan:
-    if config.bits == FLOAT_BITS:  # every layer stays float: the plan has no integer op and no site
-        policy = target.activation_policy(8)
-        skip = frozenset(canon.layer_names)
-    else:
-        policy = target.activation_policy(config.bits)
-        skip = resolve_skips(canon.layer_names, config.skip, config.skip_first, config.skip_last)
+    precisions = layer_precisions(canon, config)
+    default_bits = 16 if config.bits == 16 else 8
+    policy = target.activation_policy(default_bits)
+    wide = {name for name, p in precisions.items() if p == "int16" and default_bits != 16}
+    layer_act = {}
+    if wide:
+        policy16 = target.activation_policy(16)
+        layer_act = dict.fromkeys(wide, SiteSpec(policy16.dtype, policy16.symmetric))
     return annotate(
         canon.mod,
         layer_of=canon.layer_of,
         act=SiteSpec(policy.dtype, policy.symmetric),
         bits=config.bits,
         target=target.name,
-        skip=skip,
+        skip=frozenset(name for name, p in precisions.items() if p in FLOAT_PRECISIONS),
+        layer_act=layer_act,
+        precisions=precisions,
     )
+
+
+def with_float_layers(config: BuildConfig, float_layers) -> BuildConfig:
+    """`config` with these layers kept float as well (the dtype float layers have in this build)."""
+    name = "fp16" if config.float_dtype == "float16" else "fp32"
+    chosen = PrecisionSpec(tuple((layer, name) for layer in sorted(float_layers)))
+    return replace(config, precision=config.precision.merged(chosen))
+
+
+def planner(canon: Canonical, config: BuildConfig, target: TargetSpec):
+    """float layers -> annotate's plan for that configuration (memoized: the search asks many times)."""
+
+    @functools.cache
+    def plan_for(float_layers: frozenset[str]) -> QuantPlan:
+        return annotate_stage(canon, with_float_layers(config, float_layers), target)
+
+    return plan_for
 
 
 def calibrate_stage(
@@ -163,13 +211,21 @@ def build(
     stop_after: str | None = None,
     tuning_db: str | Path | None = None,
     require_tuned: bool = False,
+    search: MixedSearch | None = None,
 ) -> BuildResult:
-    """Compile a float ONNX model into a verified-ready integer artifact directory at `output`."""
+    """Compile a float ONNX model into a verified-ready integer artifact directory at `output`.
+    With `search`, the layers to keep float are chosen by the mixed-precision search, and the artifact
+    is verified on the evaluation data (rebuilt with one more float layer while the real library misses
+    the budget the switchable model met)."""
     config = config or BuildConfig()
     if stop_after is not None and stop_after not in STAGES:
         raise InputError(f"--stop-after {stop_after!r} is not a stage (stages: {', '.join(STAGES)})")
     if output is None and stop_after in (None, "package"):
         raise InputError("an output directory is required (-o DIR)")
+    if search is not None and stop_after is not None:
+        raise InputError("--stop-after and an automatic mixed-precision search (--eval) do not go together")
+    if search is not None and config.bits == FLOAT_BITS:
+        raise InputError("--bits 32 has no integer layer for a mixed-precision search to keep")
     if output is not None:
         check_writable(Path(output))
     target = TARGETS.get(config.target)
@@ -206,32 +262,116 @@ def build(
         dump.write_json("03_calibrate", qparams_to_json(result.qparams, model_obj.sha256, config.method))
     if done("calibrate", t):
         return result
+    if search is not None:
+        assert output is not None
+        return _build_mixed(result, canon, config, target, search, Path(output), calib, tuning_db, require_tuned)
     t = time.perf_counter()
     result.realized = realize_stage(canon, result.plan, result.qparams, config)
     if dump:
         dump.write("04_realize", result.realized)
     if done("realize", t):
         return result
+    _compile_and_write(result, canon, target, None if stop_after == "build" else output, tuning_db, require_tuned)
+    return result
+
+
+def _compile_and_write(
+    result: BuildResult,
+    canon: Canonical,
+    target: TargetSpec,
+    output: str | Path | None,
+    tuning_db: str | Path | None,
+    require_tuned: bool,
+    extra_json: dict[str, dict] | None = None,
+) -> None:
+    assert result.realized is not None and result.plan is not None and result.qparams is not None
     t = time.perf_counter()
+    config = result.config
     executable, schedules = compile_stage(result.realized, target, tuning_db, require_tuned, config.float_dtype)
-    if done("build", t):
-        return result
+    result.timings["build"] = round(time.perf_counter() - t, 3)
+    if output is None:  # --stop-after build
+        return
     t = time.perf_counter()
-    assert output is not None
     result.artifact = write_artifact(
         Path(output),
         executable=executable,
-        outputs=output_specs(result.realized, model_obj.outputs),
-        model=model_obj,
+        outputs=output_specs(result.realized, canon.model.outputs),
+        model=canon.model,
         target=target,
         config=config,
         plan=result.plan,
         qparams=result.qparams,
         timings=result.timings,
         schedules=schedules,
+        extra_json=extra_json,
     )
-    done("package", t)
+    result.timings["package"] = round(time.perf_counter() - t, 3)
+
+
+def _build_mixed(
+    result: BuildResult,
+    canon: Canonical,
+    config: BuildConfig,
+    target: TargetSpec,
+    search: MixedSearch,
+    output: Path,
+    calib: str | Path | None,
+    tuning_db: str | Path | None,
+    require_tuned: bool,
+) -> BuildResult:
+    from qcompile.mixed import Switchable, layer_costs
+    from qcompile.mixed import search as run_search
+    from qcompile.verification import verify
+
+    assert result.plan is not None and result.qparams is not None
+    t = time.perf_counter()
+    data = load_data(search.eval, canon.model.inputs, "evaluation")
+    if search.budget.labels and data.labels is None:
+        raise InputError(f"--labels: {search.eval} has no 'labels' array")
+    pinned = {name for name in result.plan.quantized_layers if _named_by(config.precision, name)}
+    layers = tuple(name for name in result.plan.quantized_layers if name not in pinned)
+    if not layers:
+        raise InputError("every integer layer is pinned by --precision: nothing for the search to change")
+    inputs = [s.name for s in canon.model.inputs]
+    plan_for = planner(canon, config, target)
+    sw = Switchable(canon.mod, result.plan, result.qparams, layers, data, inputs, config.bias_correction, plan_for)
+    if search.budget.max_top1_drop is not None and sw.reference.ndim != 2:
+        raise InputError("--max-top1-drop needs a classifier (2-D logits as the first output); use --min-sqnr")
+    costs = layer_costs(canon.mod, canon.layer_of)
+    found = run_search(sw, costs, search.budget, time_budget_s=search.time_budget_s, probe=search.probe)
+    result.timings["mixed_search"] = round(time.perf_counter() - t, 3)
+    order = [row["layer"] for row in found.ranking]
+    float_layers = list(found.float_layers)
+    report = found.to_json(search.budget)
+    for attempt in range(4):
+        result.config = with_float_layers(config, float_layers)
+        result.plan = annotate_stage(canon, result.config, target)
+        if set(result.plan.sites) - set(result.qparams):  # a new float boundary: observe it too
+            result.qparams = calibrate_stage(canon, result.plan, result.config, calib, None)
+        result.realized = realize_stage(canon, result.plan, result.qparams, result.config)
+        report["float_layers"] = list(float_layers)
+        extra = {"precision.json": result.config.precision.to_json(), "mixed_precision.json": report}
+        _compile_and_write(result, canon, target, output, tuning_db, require_tuned, extra)
+        metrics = verify(output, canon.model.path, search.eval)
+        first = next(iter(metrics["outputs"].values()))
+        met = search.budget.met(first)
+        report["verified"] = {"attempt": attempt + 1, "met": met, "value": search.budget.value(first), **first}
+        extra["mixed_precision.json"] = report
+        if met or not found.feasible:
+            break
+        nxt = [name for name in order if name not in float_layers]
+        if not nxt:
+            break
+        float_layers.append(nxt[0])  # the real library missed what the switchable model met: one more
+    update_json(output, "mixed_precision.json", report)
+    result.mixed = report
     return result
+
+
+def _named_by(spec: PrecisionSpec, layer: str) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(layer, pattern) for pattern, _ in spec.rules)
 
 
 class _IRDump:

@@ -22,6 +22,7 @@ SHORT_SIDE, CROP = 256, 224
 MEAN, SCALE = 127.0, 128.0
 N_CALIB = 32
 CALIB_SEED = 20261121
+HOLDOUT_SEED = 20261123  # the mixed-precision evaluation set: other crops of the same photos
 
 
 @dataclass(frozen=True)
@@ -127,15 +128,17 @@ def preprocess_imagenet(img_hwc_uint8_rgb: np.ndarray) -> np.ndarray:
     return _view(img, SHORT_SIDE)
 
 
-def _random_resized_crop(img_hwc: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _random_resized_crop(
+    img_hwc: np.ndarray, rng: np.random.Generator, area: tuple[float, float] = (0.08, 0.6)
+) -> np.ndarray:
     """Inception-style crop (8-60% of the area, aspect 3/4..4/3, random position) resized to 224 and
     flipped half the time: unlike the fixed, centred, square eval views, so calib never repeats an eval image.
     """
     h, w = img_hwc.shape[:2]
     for _ in range(20):
-        area = rng.uniform(0.08, 0.6) * h * w
+        part = rng.uniform(*area) * h * w
         aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-        cw, ch = round(np.sqrt(area * aspect)), round(np.sqrt(area / aspect))
+        cw, ch = round(np.sqrt(part * aspect)), round(np.sqrt(part / aspect))
         if 32 <= cw <= w and 32 <= ch <= h:
             break
     else:
@@ -180,6 +183,19 @@ def photo_batches(split: Literal["calib", "eval"]) -> tuple[np.ndarray, list[fro
     else:
         raise ValueError(f"split must be 'calib' or 'eval', got {split!r}")
     return np.concatenate(images).astype(np.float32, copy=False), labels
+
+
+def photo_holdout(count: int = 500, area: tuple[float, float] = (0.25, 1.0)) -> np.ndarray:
+    """`count` seeded random-resized crops (another seed than calibration), cycling through the photos:
+    a larger evaluation set for agreement with fp32 (e.g. the mixed-precision search's 500 images).
+    By default each crop keeps 25-100% of the photo (whole-scene views, like deployment images);
+    area=(0.08, 0.6), the calibration crops' range, gives fragments whose top-1 is often a near-tie."""
+    rng = np.random.default_rng(HOLDOUT_SEED)
+    photos = [np.array(load_photo(spec)) for spec in PHOTOS]
+    out = np.empty((count, 3, CROP, CROP), np.float32)
+    for i in range(count):
+        out[i] = _random_resized_crop(photos[i % len(photos)], rng, area)[0]
+    return out
 
 
 def topk_hits(logits: np.ndarray, labels: list[frozenset[int] | None], k: int) -> tuple[int, int]:

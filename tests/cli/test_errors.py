@@ -101,3 +101,20 @@ def test_bad_flag_is_one_line_exit_2():
     )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, expect",
+    [
+        (["--precision", "/nope/Conv=int16"], "--precision names no quantizable layer: /nope/Conv"),
+        (["--precision", "/fc/*=int4"], "is not one of int8, int16, fp16, fp32"),
+        (["--precision", "/fc/Gemm=fp16"], "fp16 layers need a GPU target"),
+        (["--precision-file", "missing.json"], "--precision-file missing.json: no such file"),
+        (["--max-top1-drop", "0.5"], "need --eval DATA"),
+        (["--eval", "EVAL"], "--eval needs a budget"),
+        (["--eval", "EVAL", "--max-top1-drop", "1", "--min-sqnr", "30"], "exactly one accuracy budget"),
+    ],
+)
+def test_bad_precision_and_search_options(capsys, tmp_path, fashion, extra, expect):
+    extra = [str(fashion["eval"]) if a == "EVAL" else a for a in extra]
+    _build_fails(capsys, tmp_path, [fashion["model"], "--calib", fashion["calib"], *extra], expect)

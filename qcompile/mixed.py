@@ -1,0 +1,261 @@
+"""Mixed precision: per-layer sensitivity and the search for the fewest, cheapest float layers that
+bring the integer model within an accuracy budget.
+
+Everything is measured on one compiled switchable module (passes/switch.py): every quantized layer runs
+integer or float as a run-time flag vector says, so a configuration costs one pass over the data, not a
+compile. The reference is the same module with every flag off (the float model compiled by TVM)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qcompile.calibration.collect import compile_host
+from qcompile.data import Dataset
+from qcompile.errors import InputError
+from qcompile.metrics import classification_metrics, ratio_db
+from qcompile.passes.plan import QParams, QuantPlan
+from qcompile.passes.rewrite import main_bindings, op_name
+from qcompile.passes.switch import PrecisionSwitch
+from qcompile.progress import progress
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Multiply-accumulates and weight count of one conv/matmul layer (batch 1)."""
+
+    macs: int
+    weights: int
+
+
+def layer_costs(mod, layer_of: dict[str, str]) -> dict[str, LayerCost]:
+    costs = {}
+    for b in main_bindings(mod["main"]):
+        name = layer_of.get(b.var.name)
+        if name is None or op_name(b.value) not in ("relax.nn.conv2d", "relax.matmul"):
+            continue
+        weight = b.value.args[1]
+        shape = [int(d) for d in weight.ty.shape]
+        out = [int(d) for d in b.var.ty.shape]
+        if op_name(b.value) == "relax.nn.conv2d":  # OIHW: each output element reads I*H*W weights
+            macs = int(np.prod(out)) * int(np.prod(shape[1:]))
+        else:  # x @ W (K x N)
+            macs = int(np.prod(out)) * shape[0]
+        costs[name] = LayerCost(macs, int(np.prod(shape)))
+    return costs
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The accuracy the mixed model must keep: a top-1 drop (agreement with fp32, or accuracy with
+    labels) or a minimum output SQNR."""
+
+    max_top1_drop: float | None = None
+    min_sqnr: float | None = None
+    labels: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.max_top1_drop is None) == (self.min_sqnr is None):
+            raise InputError("give exactly one accuracy budget: --max-top1-drop POINTS or --min-sqnr DB")
+        if self.max_top1_drop is not None and not 0 <= self.max_top1_drop <= 100:
+            raise InputError(f"--max-top1-drop {self.max_top1_drop}: must be between 0 and 100 points")
+        if self.labels and self.max_top1_drop is None:
+            raise InputError("--labels goes with --max-top1-drop (accuracy on the labels instead of agreement)")
+
+    def value(self, m: dict) -> float:
+        """The budgeted quantity of a metrics dict: top-1 drop in points, or SQNR in dB."""
+        if self.min_sqnr is not None:
+            return float(m["sqnr_db"])
+        return float(m["top1_drop"] if self.labels else 100.0 - m["top1_agreement"])
+
+    def met(self, m: dict) -> bool:
+        v = self.value(m)
+        return v >= self.min_sqnr if self.min_sqnr is not None else v <= float(self.max_top1_drop)  # type: ignore
+
+    def describe(self) -> str:
+        if self.min_sqnr is not None:
+            return f"output SQNR >= {self.min_sqnr} dB"
+        what = "top-1 accuracy drop (labels)" if self.labels else "top-1 disagreement with fp32"
+        return f"{what} <= {self.max_top1_drop} points"
+
+
+class Switchable:
+    """The compiled switchable module, the evaluation data and the float model's outputs on it.
+
+    `plan_for(float_layers)` is annotate's plan for a configuration: an op is integer in the module
+    exactly when it is integer in that plan (a residual add between two float layers turns float too)."""
+
+    def __init__(
+        self,
+        mod,
+        plan: QuantPlan,
+        qparams: dict[str, QParams],
+        layers: tuple[str, ...],
+        data: Dataset,
+        input_names: list[str],
+        bias_correction: bool,
+        plan_for: Callable[[frozenset[str]], QuantPlan],
+    ) -> None:
+        import tvm
+
+        self._tvm = tvm
+        self.layers = layers
+        self.data = data
+        self.input_names = input_names
+        self.ops = [op.var for op in plan.ops]
+        self.plan_for = plan_for
+        self.vm = compile_host(PrecisionSwitch(plan, qparams, bias_correction=bias_correction)(mod))
+        self.float_vm = compile_host(mod)
+        self.reference = self._run(self.float_vm, [])
+
+    def flags(self, float_layers: set[str]) -> np.ndarray:
+        integer = {op.var for op in self.plan_for(frozenset(float_layers)).ops}
+        return np.array([1 if var in integer else 0 for var in self.ops], dtype=np.int32)
+
+    def run(self, float_layers: set[str], limit: int | None = None) -> np.ndarray:
+        """The first model output over the data (samples stacked) with `float_layers` float."""
+        return self._run(self.vm, [self._tvm.runtime.tensor(self.flags(float_layers))], limit)
+
+    def _run(self, vm, extra: list, limit: int | None = None) -> np.ndarray:
+        outs = []
+        for batch in self.data.batches(limit):
+            args = [self._tvm.runtime.tensor(np.ascontiguousarray(batch[n])) for n in self.input_names]
+            out = vm["main"](*args, *extra)
+            first = out if isinstance(out, self._tvm.runtime.Tensor) else out[0]
+            outs.append(first.numpy())
+        return np.concatenate(outs)
+
+    def metrics(self, float_layers: set[str], limit: int | None = None) -> dict:
+        out = self.run(float_layers, limit)
+        ref = self.reference[: len(out)]
+        ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
+        m: dict = {"sqnr_db": round(ratio_db(float(np.sum(ref64**2)), float(np.sum((ref64 - out64) ** 2))), 3)}
+        m["noise"] = float(np.sum((ref64 - out64) ** 2))
+        if out.ndim == 2 and out.shape[1] > 1:
+            labels = None if self.data.labels is None else self.data.labels[: len(out)]
+            m.update(classification_metrics(ref, out, labels))
+        return m
+
+
+def sensitivity(sw: Switchable, costs: dict[str, LayerCost], probe: int | None, both: bool = False) -> list[dict]:
+    """Per layer: the model output when only that layer is left float (all others integer) and, with
+    `both`, when only it is integer; on the first `probe` samples. Ranked by noise removed per MAC."""
+    base = sw.metrics(set(), probe)
+    total_macs = sum(costs[name].macs for name in sw.layers) or 1
+    rows = []
+    for name in progress(sw.layers, desc="sensitivity"):
+        only_float = sw.metrics({name}, probe)
+        row = {
+            "layer": name,
+            "macs": costs[name].macs,
+            "macs_share": round(costs[name].macs / total_macs, 5),
+            "weights": costs[name].weights,
+            "float_sqnr_db": only_float["sqnr_db"],
+            "float_noise_removed": max(base["noise"] - only_float["noise"], 0.0) / max(base["noise"], 1e-30),
+        }
+        if "top1_agreement" in base:
+            row["float_top1_change"] = round(only_float["top1_agreement"] - base["top1_agreement"], 3)
+        if both:
+            only_int = sw.metrics(set(sw.layers) - {name}, probe)
+            row["int8_sqnr_db"] = only_int["sqnr_db"]
+            if "top1_agreement" in only_int:
+                row["int8_top1_change"] = round(only_int["top1_agreement"] - 100.0, 3)
+        row["score"] = row["float_noise_removed"] / max(row["macs_share"], 1e-6)
+        rows.append(row)
+    rows.sort(key=lambda r: -r["score"])
+    for rank, row in enumerate(rows):
+        row["rank"] = rank + 1
+        row["float_noise_removed"] = round(row["float_noise_removed"], 5)
+        row["score"] = round(row["score"], 4)
+    return rows
+
+
+REFINE = 4  # after the binary search, try this many of the last-promoted layers back in integer
+
+
+@dataclass
+class SearchResult:
+    float_layers: tuple[str, ...]
+    metrics: dict
+    met: bool
+    feasible: bool
+    seconds: float
+    ranking: list[dict]
+    evaluated: list[dict] = field(default_factory=list)
+
+    def to_json(self, budget: Budget) -> dict:
+        return {
+            "budget": budget.describe(),
+            "met_on_switchable_model": self.met,
+            "feasible": self.feasible,
+            "float_layers": list(self.float_layers),
+            "metrics": {k: v for k, v in self.metrics.items() if k != "noise"},
+            "seconds": round(self.seconds, 1),
+            "evaluated": self.evaluated,
+            "sensitivity": self.ranking,
+        }
+
+
+def search(
+    sw: Switchable,
+    costs: dict[str, LayerCost],
+    budget: Budget,
+    *,
+    time_budget_s: float | None = None,
+    probe: int | None = 64,
+    log=None,
+) -> SearchResult:
+    """Promote the best-ranked layers (noise removed per MAC of lost integer speed) to float: the smallest
+    prefix of the ranking that meets the budget on the whole evaluation set (binary search, then each
+    promoted layer is tried back in integer while time remains)."""
+    log = log or (lambda line: print(line, flush=True))
+    started = time.perf_counter()
+    deadline = started + time_budget_s if time_budget_s else None
+    evaluated: list[dict] = []
+
+    def evaluate(float_layers: set[str], note: str) -> dict:
+        m = sw.metrics(float_layers)
+        evaluated.append(
+            {
+                "float_layers": len(float_layers),
+                "note": note,
+                "value": round(budget.value(m), 4),
+                "met": budget.met(m),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+        state = "met" if budget.met(m) else "not met"
+        log(f"  {note}: {len(float_layers)} float layers -> {budget.value(m):.3f} ({state})")
+        return m
+
+    def out_of_time() -> bool:
+        return deadline is not None and time.perf_counter() > deadline
+
+    base = evaluate(set(), "all integer")
+    if budget.met(base):
+        return SearchResult((), base, True, True, time.perf_counter() - started, [], evaluated)
+    ranking = sensitivity(sw, costs, probe)
+    order = [row["layer"] for row in ranking]
+    everything = evaluate(set(order), "every searchable layer float")
+    if not budget.met(everything):
+        return SearchResult(tuple(order), everything, False, False, time.perf_counter() - started, ranking, evaluated)
+    lo, hi, best = 0, len(order), everything  # lo fails, hi meets the budget
+    while hi - lo > 1 and not out_of_time():
+        mid = (lo + hi) // 2
+        m = evaluate(set(order[:mid]), f"top {mid} of the ranking float")
+        if budget.met(m):
+            hi, best = mid, m
+        else:
+            lo = mid
+    chosen = list(order[:hi])
+    for name in reversed(order[:hi][-REFINE:]):  # a promoted layer the budget does not need goes back
+        if out_of_time() or len(chosen) <= 1:
+            break
+        trial = [n for n in chosen if n != name]
+        m = evaluate(set(trial), f"without {name}")
+        if budget.met(m):
+            chosen, best = trial, m
+    return SearchResult(tuple(chosen), best, True, True, time.perf_counter() - started, ranking, evaluated)

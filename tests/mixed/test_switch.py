@@ -1,0 +1,65 @@
+"""The switchable module the sensitivity analysis and the search measure on must compute exactly what
+the real builds compute: every op integer == the realized library, every op float == the float model,
+and a configuration with one float layer == the real build with that layer skipped."""
+
+import numpy as np
+import pytest
+
+from qcompile.calibration.collect import compile_host, run_vm
+from qcompile.config import BuildConfig
+from qcompile.data import load_data
+from qcompile.mixed import Switchable, layer_costs, sensitivity
+from qcompile.pipeline import annotate_stage, calibrate_stage, canonicalize_stage, load_stage, planner, realize_stage
+from qcompile.targets import TARGETS
+
+
+@pytest.fixture(scope="module")
+def switchable(fashion):
+    config, target = BuildConfig(), TARGETS.get("x86")
+    canon = canonicalize_stage(load_stage(fashion["model"], config))
+    plan = annotate_stage(canon, config, target)
+    qparams = calibrate_stage(canon, plan, config, fashion["calib"], None)
+    data = load_data(fashion["test"], canon.model.inputs, "evaluation")
+    data = type(data)({k: v[:200] for k, v in data.arrays.items()}, data.labels[:200], data.batch)
+    sw = Switchable(
+        canon.mod, plan, qparams, plan.quantized_layers, data, ["input"], True, planner(canon, config, target)
+    )
+    return sw, canon, plan, qparams, config
+
+
+def _real(canon, plan, qparams, config, data):
+    vm = compile_host(realize_stage(canon, plan, qparams, config))
+    return np.concatenate([run_vm(vm, b, ["input"])[0] for b in data.batches()])
+
+
+def test_all_integer_is_the_realized_library_bit_for_bit(switchable):
+    sw, canon, plan, qparams, config = switchable
+    np.testing.assert_array_equal(sw.run(set()), _real(canon, plan, qparams, config, sw.data))
+
+
+def test_all_float_is_the_float_model(switchable):
+    sw, *_ = switchable
+    np.testing.assert_array_equal(sw.run(set(sw.layers)), sw.reference)
+
+
+def test_one_float_layer_is_the_real_build_with_that_layer_skipped(switchable):
+    sw, canon, _, qparams, config = switchable
+    layer = "/conv3/conv3.0/Conv"
+    skipped = BuildConfig(skip=(layer,))
+    plan = annotate_stage(canon, skipped, TARGETS.get("x86"))
+    assert layer in plan.float_layers
+    np.testing.assert_array_equal(sw.run({layer}), _real(canon, plan, qparams, skipped, sw.data))
+
+
+def test_sensitivity_ranks_every_layer_with_measured_effects(switchable):
+    sw, canon, *_ = switchable
+    rows = sensitivity(sw, layer_costs(canon.mod, canon.layer_of), 64, both=True)
+    assert sorted(r["layer"] for r in rows) == sorted(sw.layers)
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(rows[i]["score"] >= rows[i + 1]["score"] for i in range(len(rows) - 1))
+    base = sw.metrics(set(), 64)["sqnr_db"]
+    # Only one layer integer is always closer to fp32 than all of them; keeping the top-ranked layer
+    # float removes some of the all-integer noise.
+    assert all(r["int8_sqnr_db"] > base for r in rows)
+    assert rows[0]["float_noise_removed"] > 0 and rows[0]["float_sqnr_db"] > base
+    assert abs(sum(r["macs_share"] for r in rows) - 1.0) < 1e-3
