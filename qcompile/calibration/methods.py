@@ -81,20 +81,43 @@ def _kl_for_threshold(hist: np.ndarray, i: int, levels: int) -> float:
     return float(np.sum(p[mask] * np.log(p[mask] / q_safe)))
 
 
+def range_error(obs: RangeObserver, spec: SiteSpec, lo: float, hi: float) -> float:
+    """Expected squared error (clipping plus rounding) of quantizing the observed values to [lo, hi]."""
+    keep = obs.hist > 0
+    centers, counts = obs.centers()[keep], obs.hist[keep]
+    qp = QParams.from_range(lo, hi, spec)
+    q = np.clip(np.round(centers / qp.scale) + qp.zero_point, qp.qmin, qp.qmax)
+    return float(np.sum(counts * (centers - (q - qp.zero_point) * qp.scale) ** 2))
+
+
 @CALIBRATORS.register("mse")
 def mse(obs: RangeObserver, spec: SiteSpec, opts: MethodOptions) -> tuple[float, float]:
-    centers, counts = obs.centers(), obs.hist
-    keep = counts > 0
-    centers, counts = centers[keep], counts[keep]
     best, best_err = (obs.min, obs.max), np.inf
     for alpha in np.linspace(0.05, 1.0, 96):
         lo, hi = obs.min * alpha, obs.max * alpha
-        qp = QParams.from_range(lo, hi, spec)
-        q = np.clip(np.round(centers / qp.scale) + qp.zero_point, qp.qmin, qp.qmax)
-        err = float(np.sum(counts * (centers - (q - qp.zero_point) * qp.scale) ** 2))
+        err = range_error(obs, spec, lo, hi)
         if err < best_err:
             best, best_err = (lo, hi), err
     return best
+
+
+AUTO_CANDIDATES = ("minmax", "percentile", "entropy", "mse")
+
+
+def best_method(obs: RangeObserver, spec: SiteSpec, opts: MethodOptions) -> tuple[str, tuple[float, float]]:
+    """Every candidate method's range from the same histogram, scored by the tensor's quantization error."""
+    scored = []
+    for name in AUTO_CANDIDATES:
+        lo, hi = CALIBRATORS.get(name)(obs, spec, opts)
+        scored.append((range_error(obs, spec, lo, hi), name, (lo, hi)))
+    _, name, bounds = min(scored, key=lambda t: t[0])
+    return name, bounds
+
+
+@CALIBRATORS.register("auto")
+def auto(obs: RangeObserver, spec: SiteSpec, opts: MethodOptions) -> tuple[float, float]:
+    """Per tensor, the range of whichever method (minmax, percentile, entropy, mse) quantizes it best."""
+    return best_method(obs, spec, opts)[1]
 
 
 def qparams_for(obs: RangeObserver, spec: SiteSpec, method: str, opts: MethodOptions) -> QParams:

@@ -75,3 +75,28 @@ def test_unknown_method_lists_known_ones():
 def test_nonfinite_activation_is_reported():
     with pytest.raises(CalibrationDataError, match="NaN/Inf"):
         _observe(np.array([1.0, np.inf]))
+
+
+@pytest.mark.parametrize("spec", [U8, I8])
+def test_auto_picks_the_method_with_the_least_error_per_tensor(spec):
+    from qcompile.calibration.methods import AUTO_CANDIDATES, best_method, range_error
+
+    rng = np.random.default_rng(3)
+    opts = MethodOptions()
+    tensors = {
+        "gaussian": rng.normal(size=50_000),
+        "heavy tail": rng.standard_t(2, size=50_000),
+        "relu6": np.clip(rng.normal(1, 2, size=50_000), 0, 6),
+    }
+    winners = set()
+    for values in tensors.values():
+        obs = _observe(values.astype(np.float32))
+        errors = {m: range_error(obs, spec, *CALIBRATORS.get(m)(obs, spec, opts)) for m in AUTO_CANDIDATES}
+        name, bounds = best_method(obs, spec, opts)
+        assert errors[name] == min(errors.values())
+        assert bounds == CALIBRATORS.get("auto")(obs, spec, opts)
+        winners.add(name)
+        # minmax never wins on a heavy tail: clipping the tail costs less than the coarser grid
+        if values is tensors["heavy tail"]:
+            assert errors["minmax"] > errors[name]
+    assert winners <= set(AUTO_CANDIDATES)

@@ -29,6 +29,8 @@ def test_fashion_int8_for_cuda_compiles_and_cannot_run_here(fashion, tmp_path, c
     capsys.readouterr()
     assert main(["run", str(tmp_path / "art"), "--input", str(np_in), "-o", str(tmp_path / "y.npz")]) == 2
     assert "cannot run on this host" in capsys.readouterr().err
+    assert main(["package", str(tmp_path / "art")]) == 2
+    assert "not packaged yet" in capsys.readouterr().err and not (tmp_path / "art" / "deploy").exists()
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
