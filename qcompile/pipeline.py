@@ -319,7 +319,7 @@ def _build_mixed(
     tuning_db: str | Path | None,
     require_tuned: bool,
 ) -> BuildResult:
-    from qcompile.mixed import Switchable, layer_costs
+    from qcompile.mixed import MAX_SQNR_DB, Switchable, layer_costs
     from qcompile.mixed import search as run_search
     from qcompile.verification import verify
 
@@ -355,7 +355,8 @@ def _build_mixed(
         metrics = verify(output, canon.model.path, search.eval)
         first = next(iter(metrics["outputs"].values()))
         met = search.budget.met(first)
-        report["verified"] = {"attempt": attempt + 1, "met": met, "value": search.budget.value(first), **first}
+        finite = {k: min(v, MAX_SQNR_DB) if isinstance(v, float) else v for k, v in first.items()}
+        report["verified"] = {"attempt": attempt + 1, "met": met, "value": search.budget.value(finite), **finite}
         extra["mixed_precision.json"] = report
         if met or not found.feasible:
             break
