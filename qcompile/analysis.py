@@ -35,16 +35,13 @@ def analyze(
     if max_samples <= 0:
         raise InputError("--max-samples must be positive")
     out = Path(output)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"-o {out}: cannot create directory ({exc.strerror})") from None
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {out}: exists and is not a directory")
     started = time.perf_counter()
     canon = canonicalize_stage(load_stage(model, config))
     plan = annotate_stage(canon, config, TARGETS.get(config.target))
     if not plan.quantized_layers:
         raise InputError("the model has no integer layer to analyze (check --bits / --precision / --skip)")
-    qp = calibrate_stage(canon, plan, config, calib, qparams)
     evaluation = load_data(data, canon.model.inputs, "evaluation", ImagePreprocess.parse(config.preprocess))
     limit = max(1, max_samples // evaluation.batch)
     evaluation = type(evaluation)(
@@ -52,6 +49,7 @@ def analyze(
         None if evaluation.labels is None else evaluation.labels[: limit * evaluation.batch],
         evaluation.batch,
     )
+    qp = calibrate_stage(canon, plan, config, calib, qparams)
     inputs = [s.name for s in canon.model.inputs]
     layers = plan.quantized_layers
     target = TARGETS.get(config.target)
@@ -84,6 +82,10 @@ def analyze(
         ],
         "seconds": round(time.perf_counter() - started, 1),
     }
+    try:  # created only now: a bad input earlier leaves nothing behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"-o {out}: cannot create directory ({exc.strerror})") from None
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _plots(out, report)
     (out / "report.html").write_text(_html(report))

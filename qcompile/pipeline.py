@@ -224,6 +224,8 @@ def build(
         raise InputError("an output directory is required (-o DIR)")
     if search is not None and stop_after is not None:
         raise InputError("--stop-after and an automatic mixed-precision search (--eval) do not go together")
+    if search is not None and not Path(search.eval).is_file():
+        raise InputError(f"evaluation data not found: {search.eval}")
     if search is not None and config.bits == FLOAT_BITS:
         raise InputError("--bits 32 has no integer layer for a mixed-precision search to keep")
     if output is not None:

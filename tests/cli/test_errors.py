@@ -118,3 +118,12 @@ def test_bad_flag_is_one_line_exit_2():
 def test_bad_precision_and_search_options(capsys, tmp_path, fashion, extra, expect):
     extra = [str(fashion["eval"]) if a == "EVAL" else a for a in extra]
     _build_fails(capsys, tmp_path, [fashion["model"], "--calib", fashion["calib"], *extra], expect)
+
+
+def test_analyze_bad_data_is_one_line_and_writes_nothing(capsys, tmp_path, fashion):
+    out = tmp_path / "report"
+    args = ["analyze", str(fashion["model"]), "--calib", str(fashion["calib"]), "--data", str(tmp_path / "no.npz")]
+    assert main([*args, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "evaluation data not found" in err, err
+    assert not out.exists()
