@@ -10,7 +10,7 @@ import tvm
 from tvm import relax
 
 from qcompile.errors import InputError
-from qcompile.passes.plan import OpPlan, QuantPlan, SiteSpec
+from qcompile.passes.plan import OpPlan, QuantPlan, SiteSpec, root_site
 from qcompile.passes.rewrite import main_bindings, op_name, operands, var_uses
 from qcompile.passes.rules import OP_RULES, AnnotateContext
 
@@ -90,12 +90,8 @@ def _layer_precision(
     out = {name: asked.get(name, "fp32") for name in float_layers}
     for op in ops:
         if op.layer is not None:
-            widths = set()
-            for name in op.inputs:
-                while name in aliases:
-                    name = aliases[name]
-                if name in sites:
-                    widths.add(sites[name].dtype)
+            roots = (root_site(aliases, name) for name in op.inputs)
+            widths = {sites[root].dtype for root in roots if root in sites}
             out[op.layer] = "int16" if "int16" in widths else "int8"
     return out
 

@@ -31,6 +31,17 @@ class SiteSpec:
         return {"int8": 127, "uint8": 255, "int16": 32767}[self.dtype]
 
 
+def root_site(aliases: dict[str, str], var: str) -> str:
+    """Follow pass-through aliases (reshape, max-pool, ...) from `var` to the site that owns its qparams."""
+    seen = set()
+    while var in aliases:
+        if var in seen:
+            raise ValueError(f"alias cycle at {var}")
+        seen.add(var)
+        var = aliases[var]
+    return var
+
+
 @dataclass(frozen=True)
 class OpPlan:
     """One op (plus the bias/activation bindings fused into it) that realize turns into integer ops.
@@ -75,13 +86,7 @@ class QuantPlan:
 
     def site_of(self, var: str) -> str:
         """The calibrated site whose quantization parameters `var` shares (pass-through ops)."""
-        seen = set()
-        while var in self.aliases:
-            if var in seen:
-                raise ValueError(f"alias cycle at {var}")
-            seen.add(var)
-            var = self.aliases[var]
-        return var
+        return root_site(self.aliases, var)
 
     @property
     def quantized_layers(self) -> tuple[str, ...]:

@@ -61,6 +61,11 @@ class BuildConfig:
             raise InputError("--max-calib-batches must be positive")
 
     @property
+    def float_precision(self) -> str:
+        """What a float layer of this build is: fp16 (--fp16 or fp16 rules) or fp32."""
+        return "fp16" if self.float_dtype == "float16" else "fp32"
+
+    @property
     def method_options(self) -> MethodOptions:
         return MethodOptions(percentile=self.percentile)
 

@@ -3,7 +3,7 @@ bring the integer model within an accuracy budget.
 
 Everything is measured on one compiled switchable module (passes/switch.py): every quantized layer runs
 integer or float as a run-time flag vector says, so a configuration costs one pass over the data, not a
-compile. The reference is the same module with every flag off (the float model compiled by TVM)."""
+compile. The reference is the float model compiled by TVM for this host."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import tvm
 
-from qcompile.calibration.collect import compile_host
+from qcompile.calibration.collect import compile_host, run_vm
 from qcompile.data import Dataset
 from qcompile.errors import InputError
 from qcompile.metrics import classification_metrics, ratio_db
@@ -102,9 +103,6 @@ class Switchable:
         bias_correction: bool,
         plan_for: Callable[[frozenset[str]], QuantPlan],
     ) -> None:
-        import tvm
-
-        self._tvm = tvm
         self.layers = layers
         self.data = data
         self.input_names = input_names
@@ -120,24 +118,18 @@ class Switchable:
 
     def run(self, float_layers: set[str], limit: int | None = None) -> np.ndarray:
         """The first model output over the data (samples stacked) with `float_layers` float."""
-        return self._run(self.vm, [self._tvm.runtime.tensor(self.flags(float_layers))], limit)
+        return self._run(self.vm, [tvm.runtime.tensor(self.flags(float_layers))], limit)
 
     def _run(self, vm, extra: list, limit: int | None = None) -> np.ndarray:
-        outs = []
-        for batch in self.data.batches(limit):
-            args = [self._tvm.runtime.tensor(np.ascontiguousarray(batch[n])) for n in self.input_names]
-            out = vm["main"](*args, *extra)
-            first = out if isinstance(out, self._tvm.runtime.Tensor) else out[0]
-            outs.append(first.numpy())
-        return np.concatenate(outs)
+        return np.concatenate([run_vm(vm, b, self.input_names, extra)[0] for b in self.data.batches(limit)])
 
     def metrics(self, float_layers: set[str], limit: int | None = None) -> dict:
         out = self.run(float_layers, limit)
         ref = self.reference[: len(out)]
         ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
-        sqnr = ratio_db(float(np.sum(ref64**2)), float(np.sum((ref64 - out64) ** 2)))
-        m: dict = {"sqnr_db": round(min(sqnr, MAX_SQNR_DB), 3)}  # identical outputs: capped, JSON has no inf
-        m["noise"] = float(np.sum((ref64 - out64) ** 2))
+        noise = float(np.sum((ref64 - out64) ** 2))
+        sqnr = ratio_db(float(np.sum(ref64**2)), noise)
+        m: dict = {"sqnr_db": round(min(sqnr, MAX_SQNR_DB), 3), "noise": noise}  # capped: JSON has no inf
         if out.ndim == 2 and out.shape[1] > 1:
             labels = None if self.data.labels is None else self.data.labels[: len(out)]
             m.update(classification_metrics(ref, out, labels))
@@ -222,17 +214,12 @@ def search(
 
     def evaluate(float_layers: set[str], note: str) -> dict:
         m = sw.metrics(float_layers)
+        value, met = budget.value(m), budget.met(m)
+        seconds = round(time.perf_counter() - started, 1)
         evaluated.append(
-            {
-                "float_layers": len(float_layers),
-                "note": note,
-                "value": round(budget.value(m), 4),
-                "met": budget.met(m),
-                "seconds": round(time.perf_counter() - started, 1),
-            }
+            {"float_layers": len(float_layers), "note": note, "value": round(value, 4), "met": met, "seconds": seconds}
         )
-        state = "met" if budget.met(m) else "not met"
-        log(f"  {note}: {len(float_layers)} float layers -> {budget.value(m):.3f} ({state})")
+        log(f"  {note}: {len(float_layers)} float layers -> {value:.3f} ({'met' if met else 'not met'})")
         return m
 
     def out_of_time() -> bool:

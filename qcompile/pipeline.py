@@ -79,9 +79,8 @@ def layer_precisions(canon: Canonical, config: BuildConfig) -> dict[str, str]:
     if config.bits == FLOAT_BITS:
         return dict.fromkeys(names, "fp32")
     resolved = config.precision.resolve(names, default_precision(config.bits))
-    float_dtype = "fp16" if config.float_dtype == "float16" else "fp32"
     for name in resolve_skips(names, config.skip, config.skip_first, config.skip_last):
-        resolved[name] = float_dtype
+        resolved[name] = config.float_precision
     return resolved
 
 
@@ -108,8 +107,7 @@ def annotate_stage(canon: Canonical, config: BuildConfig, target: TargetSpec) ->
 
 def with_float_layers(config: BuildConfig, float_layers) -> BuildConfig:
     """`config` with these layers kept float as well (the dtype float layers have in this build)."""
-    name = "fp16" if config.float_dtype == "float16" else "fp32"
-    chosen = PrecisionSpec(tuple((layer, name) for layer in sorted(float_layers)))
+    chosen = PrecisionSpec(tuple((layer, config.float_precision) for layer in sorted(float_layers)))
     return replace(config, precision=config.precision.merged(chosen))
 
 
@@ -330,7 +328,7 @@ def _build_mixed(
     data = load_data(search.eval, canon.model.inputs, "evaluation")
     if search.budget.labels and data.labels is None:
         raise InputError(f"--labels: {search.eval} has no 'labels' array")
-    pinned = {name for name in result.plan.quantized_layers if _named_by(config.precision, name)}
+    pinned = {name for name in result.plan.quantized_layers if config.precision.names(name)}
     layers = tuple(name for name in result.plan.quantized_layers if name not in pinned)
     if not layers:
         raise InputError("every integer layer is pinned by --precision: nothing for the search to change")
@@ -359,7 +357,6 @@ def _build_mixed(
         met = search.budget.met(first)
         finite = {k: min(v, MAX_SQNR_DB) if isinstance(v, float) else v for k, v in first.items()}
         report["verified"] = {"attempt": attempt + 1, "met": met, "value": search.budget.value(finite), **finite}
-        extra["mixed_precision.json"] = report
         if met or not found.feasible:
             break
         nxt = [name for name in order if name not in float_layers]
@@ -369,12 +366,6 @@ def _build_mixed(
     update_json(output, "mixed_precision.json", report)
     result.mixed = report
     return result
-
-
-def _named_by(spec: PrecisionSpec, layer: str) -> bool:
-    import fnmatch
-
-    return any(fnmatch.fnmatchcase(layer, pattern) for pattern, _ in spec.rules)
 
 
 class _IRDump:

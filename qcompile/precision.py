@@ -91,6 +91,10 @@ class PrecisionSpec:
         """`other`'s rules after (so over) these, its default when it has one."""
         return PrecisionSpec(self.rules + other.rules, other.default or self.default)
 
+    def names(self, layer: str) -> bool:
+        """Whether a rule (an exact name or a glob) sets this layer's precision."""
+        return any(_matches(layer, pattern) for pattern, _ in self.rules)
+
     def resolve(self, layers: list[str], default: str) -> dict[str, str]:
         """Each layer's precision. Exact names win over globs, the last matching glob over earlier ones."""
         known = set(layers)
@@ -101,16 +105,20 @@ class PrecisionSpec:
             raise InputError(f"--precision names no quantizable layer: {', '.join(unknown)} (layers: {sample})")
         globs = [(p, prec) for p, prec in self.rules if is_glob(p)]
         for pattern, _ in globs:
-            if not any(fnmatch.fnmatchcase(name, pattern) for name in layers):
+            if not any(_matches(name, pattern) for name in layers):
                 raise InputError(f"--precision: the glob {pattern!r} matches no quantizable layer")
         out = {}
         for name in layers:
             precision = self.default or default
             for pattern, prec in globs:
-                if fnmatch.fnmatchcase(name, pattern):
+                if _matches(name, pattern):
                     precision = prec
             out[name] = exact.get(name, precision)
         return out
+
+
+def _matches(layer: str, pattern: str) -> bool:
+    return layer == pattern if not is_glob(pattern) else fnmatch.fnmatchcase(layer, pattern)
 
 
 def default_precision(bits: int) -> str:

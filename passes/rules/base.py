@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 from tvm import relax
 
-from qcompile.passes.plan import OpPlan, QParams, SiteSpec
+from qcompile.passes.plan import OpPlan, QParams, SiteSpec, root_site
 from qcompile.registry import Registry
 
 
@@ -61,9 +61,7 @@ class AnnotateContext:
             if current is None or _bits(spec) > _bits(current):
                 self.sites[var.name] = spec
             return
-        root = var.name
-        while root in self.aliases:
-            root = self.aliases[root]
+        root = root_site(self.aliases, var.name)
         if _bits(spec) > _bits(self.sites[root]):
             self.sites[root] = spec
 

@@ -41,9 +41,10 @@ def compile_host(mod: tvm.IRModule):
     return relax.VirtualMachine(ex, tvm.cpu())
 
 
-def run_vm(vm, batch: dict[str, np.ndarray], input_names: Sequence[str]) -> list[np.ndarray]:
+def run_vm(vm, batch: dict[str, np.ndarray], input_names: Sequence[str], extra: Sequence = ()) -> list[np.ndarray]:
+    """`main` on one batch (inputs in `input_names` order, then `extra` runtime tensors), outputs as numpy."""
     args = [tvm.runtime.tensor(np.ascontiguousarray(batch[n])) for n in input_names]
-    out = vm["main"](*args)
+    out = vm["main"](*args, *extra)
     if isinstance(out, tvm.runtime.Tensor):
         return [out.numpy()]
     return [t.numpy() for t in out]
