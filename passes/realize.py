@@ -9,6 +9,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from qcompile.calibration.rounding import WeightRounding
 from qcompile.errors import QCompileError
 from qcompile.passes.plan import QParams, QuantPlan
 from qcompile.passes.rewrite import Env, copy_binding, main_bindings, operands, replay, substitute
@@ -25,9 +26,11 @@ class _Realizer:
         qparams: Mapping[str, QParams],
         bindings: list[relax.VarBinding],
         bias_correction: bool = False,
+        rounding: WeightRounding | None = None,
     ):
         self.plan = plan
         self.bias_correction = bias_correction
+        self.rounding = rounding
         self.params = qparams
         self.by_name = {b.var.name: b for b in bindings}
         self.anchors = {op.var: op for op in plan.ops}
@@ -109,15 +112,17 @@ class RealizeIntegerOps:
         qparams: Mapping[str, QParams],
         expose: tuple[str, ...] = (),
         bias_correction: bool = False,
+        rounding: WeightRounding | None = None,
     ) -> None:
         self.plan = plan
         self.bias_correction = bias_correction
+        self.rounding = rounding
         self.qparams = dict(qparams)
         self.expose = expose  # extra float outputs (dequantized), for per-layer error analysis
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         bindings = main_bindings(mod["main"])
-        realizer = _Realizer(self.plan, self.qparams, bindings, self.bias_correction)
+        realizer = _Realizer(self.plan, self.qparams, bindings, self.bias_correction, self.rounding)
         extra = None
         if self.expose:
             by_name = {b.var.name: b.var for b in bindings}

@@ -27,6 +27,7 @@ def analyze(
     max_samples: int = 100,
 ) -> dict:
     from qcompile.calibration.collect import compile_host
+    from qcompile.calibration.rounding import WeightRounding
     from qcompile.passes.realize import RealizeIntegerOps
     from qcompile.pipeline import annotate_stage, calibrate_stage, canonicalize_stage, load_stage, planner
     from qcompile.targets import TARGETS
@@ -49,17 +50,28 @@ def analyze(
         None if evaluation.labels is None else evaluation.labels[: limit * evaluation.batch],
         evaluation.batch,
     )
-    qp = calibrate_stage(canon, plan, config, calib, qparams)
+    rounding = WeightRounding(config.weight_rounding)
+    qp = calibrate_stage(canon, plan, config, calib, qparams, rounding)
     inputs = [s.name for s in canon.model.inputs]
     layers = plan.quantized_layers
     target = TARGETS.get(config.target)
     sw = Switchable(
-        canon.mod, plan, qp, layers, evaluation, inputs, config.bias_correction, planner(canon, config, target)
+        canon.mod,
+        plan,
+        qp,
+        layers,
+        evaluation,
+        inputs,
+        config.bias_correction,
+        planner(canon, config, target),
+        rounding,
     )
     costs = layer_costs(canon.mod, canon.layer_of)
     all_int = sw.metrics(set())
     rows = sensitivity(sw, costs, None, both=True)
-    int8_vm = compile_host(RealizeIntegerOps(plan, qp, bias_correction=config.bias_correction)(canon.mod))
+    int8_vm = compile_host(
+        RealizeIntegerOps(plan, qp, bias_correction=config.bias_correction, rounding=rounding)(canon.mod)
+    )
     fp32_vm = sw.float_vm
     batch = next(evaluation.batches(1))
     lat_int8, lat_fp32 = _latency_ms(int8_vm, batch, inputs), _latency_ms(fp32_vm, batch, inputs)

@@ -1,6 +1,6 @@
-"""The artifact: a directory with the compiled library, manifest.json, report.json, qparams.json and
-plan.json. Written into a temporary sibling directory and renamed into place only when complete, so a
-failed build never leaves a half-written artifact."""
+"""The artifact: a directory with the compiled library, manifest.json, report.json, qparams.json,
+plan.json and (GPTQ weight rounding) rounding.npz. Written into a temporary sibling directory and
+renamed into place only when complete, so a failed build never leaves a half-written artifact."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from qcompile import __version__
 from qcompile.config import FLOAT_BITS
@@ -64,11 +66,14 @@ def write_artifact(
     timings: dict[str, float],
     schedules: dict | None = None,
     extra_json: dict[str, dict] | None = None,
+    rounding: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """`extra_json`: more JSON files for the artifact (e.g. precision.json of a mixed-precision search)."""
+    """`extra_json`: more JSON files for the artifact (e.g. precision.json of a mixed-precision search).
+    `rounding`: each layer's integer weights minus nearest rounding (rounding.npz, read back with
+    --qparams so a rebuild from this artifact's qparams.json rounds its weights the same way)."""
     import tvm
 
-    from qcompile.calibration.store import qparams_to_json
+    from qcompile.calibration.store import ROUNDING, qparams_to_json
     from qcompile.deploy.toolchain import cross_cxx
 
     output = output.resolve()
@@ -81,6 +86,8 @@ def write_artifact(
         executable.export_library(str(library), options=["-s"], **({"cc": cxx} if cxx else {}))
         _write_json(staging / "qparams.json", qparams_to_json(qparams, model.sha256, config.method), compact=True)
         _write_json(staging / "plan.json", plan.to_json())
+        if rounding:
+            np.savez_compressed(staging / ROUNDING, **rounding)
         report = {
             "quantized_layers": len(plan.quantized_layers),
             "float_layers": list(plan.float_layers),

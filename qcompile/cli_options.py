@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qcompile.config import DEFAULT_METHOD
+from qcompile.config import DEFAULT_METHOD, WEIGHT_ROUNDINGS
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -69,6 +69,14 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="correct each layer's bias for the mean output shift its int8 weights cause (default on)",
     )
     p.add_argument(
+        "--weight-rounding",
+        choices=WEIGHT_ROUNDINGS,
+        default="gptq",
+        help="how int8 weights are rounded: gptq (default) rounds each layer's weights to minimise its output "
+        "error on the calibration data (GPTQ; a --qparams rebuild reads the artifact's rounding.npz), "
+        "nearest rounds each weight on its own",
+    )
+    p.add_argument(
         "--fp16",
         action="store_true",
         help="GPU targets: compute the float layers (all of them with --bits 32) in float16",
@@ -96,6 +104,7 @@ def config_from_args(args: argparse.Namespace):
         preprocess=args.preprocess,
         max_calib_batches=args.max_calib_batches,
         bias_correction=args.bias_correction,
+        weight_rounding=args.weight_rounding,
         float_dtype="float16" if args.fp16 else "float32",
         precision=precision,
     )

@@ -13,6 +13,7 @@ FLOAT_BITS = 32  # --bits 32: no quantization, the float library (the fp32 basel
 STAGES = ("load", "canonicalize", "annotate", "calibrate", "realize", "build", "package")
 # Measured best on both real models (README, the table under "Bias correction"): MSE with bias correction.
 DEFAULT_METHOD = "mse"
+WEIGHT_ROUNDINGS = ("gptq", "nearest")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class BuildConfig:
     preprocess: str | None = None
     max_calib_batches: int | None = None
     bias_correction: bool = True
+    weight_rounding: str = "gptq"  # "gptq": output-error-aware rounding from calibration data; "nearest"
     float_dtype: str = "float32"  # float layers' dtype: float16 on GPU targets (--fp16)
     precision: PrecisionSpec = PrecisionSpec()  # per-layer precision rules (--precision, --precision-file)
 
@@ -40,6 +42,8 @@ class BuildConfig:
             MethodOptions(percentile=self.percentile)
         except ValueError as exc:
             raise InputError(f"--percentile: {exc}") from None
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise InputError(f"--weight-rounding {self.weight_rounding!r}: choose {' or '.join(WEIGHT_ROUNDINGS)}")
         if self.float_dtype not in ("float32", "float16"):
             raise InputError(f"float dtype {self.float_dtype!r} is not float32 or float16")
         used = {p for _, p in self.precision.rules} | {self.precision.default}
@@ -82,4 +86,5 @@ class BuildConfig:
         doc["skip"] = tuple(doc.get("skip", ()))
         doc["input_shapes"] = {k: tuple(v) for k, v in doc.get("input_shapes", {}).items()}
         doc["precision"] = PrecisionSpec.from_json(doc.get("precision") or {})
+        doc.setdefault("weight_rounding", "nearest")  # artifacts from before GPTQ rounding
         return BuildConfig(**doc)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from qcompile.calibration.collect import compile_host, expose, run_vm
-from qcompile.calibration.store import load_qparams
+from qcompile.calibration.rounding import WeightRounding
+from qcompile.calibration.store import load_qparams, load_rounding
 from qcompile.config import BuildConfig
 from qcompile.data import Dataset
 from qcompile.metrics import ratio_db
@@ -23,10 +24,11 @@ def per_layer_sqnr(artifact: Artifact, model: OnnxModel, data: Dataset, limit: i
     canon = canonicalize_stage(model)
     plan = annotate_stage(canon, config, TARGETS.get(config.target))
     qparams = load_qparams(artifact.path / "qparams.json", model.sha256, plan)
+    rounding = WeightRounding(config.weight_rounding, offsets=load_rounding(artifact.path / "qparams.json") or {})
     names = tuple(op.output for op in plan.ops)
     n_out = len(model.outputs)
     float_vm = compile_host(expose(canon.mod, names))
-    realize = RealizeIntegerOps(plan, qparams, expose=names, bias_correction=config.bias_correction)
+    realize = RealizeIntegerOps(plan, qparams, names, config.bias_correction, rounding)
     int_vm = compile_host(realize(canon.mod))
     inputs = [s.name for s in model.inputs]
     signal = np.zeros(len(names))

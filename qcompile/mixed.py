@@ -15,6 +15,7 @@ import numpy as np
 import tvm
 
 from qcompile.calibration.collect import compile_host, run_vm
+from qcompile.calibration.rounding import WeightRounding
 from qcompile.data import Dataset
 from qcompile.errors import InputError
 from qcompile.metrics import classification_metrics, ratio_db
@@ -102,13 +103,14 @@ class Switchable:
         input_names: list[str],
         bias_correction: bool,
         plan_for: Callable[[frozenset[str]], QuantPlan],
+        rounding: WeightRounding | None = None,
     ) -> None:
         self.layers = layers
         self.data = data
         self.input_names = input_names
         self.ops = [op.var for op in plan.ops]
         self.plan_for = plan_for
-        self.vm = compile_host(PrecisionSwitch(plan, qparams, bias_correction=bias_correction)(mod))
+        self.vm = compile_host(PrecisionSwitch(plan, qparams, bias_correction, rounding)(mod))
         self.float_vm = compile_host(mod)
         self.reference = self._run(self.float_vm, [])
 

@@ -13,7 +13,8 @@ import tvm
 
 from qcompile.artifact import check_writable, update_json, write_artifact
 from qcompile.calibration.collect import calibrate
-from qcompile.calibration.store import load_qparams, qparams_to_json
+from qcompile.calibration.rounding import InputMoments, WeightRounding
+from qcompile.calibration.store import load_qparams, load_rounding, qparams_to_json
 from qcompile.config import FLOAT_BITS, STAGES, BuildConfig
 from qcompile.data import ImagePreprocess, load_data
 from qcompile.deploy.toolchain import check_toolchain
@@ -61,6 +62,7 @@ class BuildResult:
     artifact: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
     mixed: dict | None = None  # the search's report (mixed_precision.json)
+    rounding: WeightRounding | None = None  # how the integer weights were rounded (rounding.npz)
 
 
 def load_stage(model_path: str | Path, config: BuildConfig) -> OnnxModel:
@@ -122,12 +124,30 @@ def planner(canon: Canonical, config: BuildConfig, target: TargetSpec):
 
 
 def calibrate_stage(
-    canon: Canonical, plan: QuantPlan, config: BuildConfig, calib: str | Path | None, qparams: str | Path | None
+    canon: Canonical,
+    plan: QuantPlan,
+    config: BuildConfig,
+    calib: str | Path | None,
+    qparams: str | Path | None,
+    rounding: WeightRounding | None = None,
 ) -> dict[str, QParams]:
+    """The quantization parameters of every site. With `rounding` (GPTQ), the same pass collects each
+    integer layer's input second moments into it, or, with --qparams, reads the offsets the earlier
+    build saved next to that qparams.json."""
     if not plan.sites:
         return {}  # nothing to calibrate (--bits 32)
+    gptq = rounding is not None and rounding.method == "gptq"
     if qparams is not None:
-        return load_qparams(qparams, canon.model.sha256, plan)
+        loaded = load_qparams(qparams, canon.model.sha256, plan)
+        if gptq:
+            offsets = load_rounding(qparams)
+            if offsets is None:
+                raise InputError(
+                    f"{qparams} has no rounding.npz beside it (built with nearest rounding or by an older "
+                    "qcompile): add --weight-rounding nearest, or calibrate again with --calib"
+                )
+            rounding.offsets = offsets
+        return loaded
     if calib is None:
         raise InputError("calibration data is required: pass --calib DATA (.npz or image folder) or --qparams FILE")
     data = load_data(calib, canon.model.inputs, "calibration", ImagePreprocess.parse(config.preprocess))
@@ -135,7 +155,8 @@ def calibrate_stage(
         data = type(data)(
             {k: v[: config.max_calib_batches * data.batch] for k, v in data.arrays.items()}, None, data.batch
         )
-    return calibrate(
+    moments = layer_input_moments(canon, plan) if gptq else {}
+    result = calibrate(
         canon.mod,
         plan,
         data,
@@ -143,11 +164,41 @@ def calibrate_stage(
         len(canon.model.outputs),
         config.method,
         config.method_options,
+        moments,
     )
+    if rounding is not None:
+        for op, (_, stats) in moments.items():
+            hessian = stats.hessian()
+            if hessian is not None:
+                rounding.hessians[op] = hessian
+    return result
 
 
-def realize_stage(canon: Canonical, plan: QuantPlan, qparams: dict[str, QParams], config: BuildConfig) -> tvm.IRModule:
-    return RealizeIntegerOps(plan, qparams, bias_correction=config.bias_correction)(canon.mod)
+def layer_input_moments(canon: Canonical, plan: QuantPlan) -> dict[str, tuple[str, InputMoments]]:
+    """op -> (its input tensor, empty second-moment statistics) for every planned conv/matmul layer
+    small enough for GPTQ rounding (rounding.MAX_WEIGHTS)."""
+    from qcompile.calibration.rounding import MAX_WEIGHTS
+    from qcompile.passes.rewrite import const_value, main_bindings
+    from qcompile.passes.rules import OP_RULES
+    from qcompile.passes.rules.linear import LinearRule
+
+    calls = {b.var.name: b.value for b in main_bindings(canon.mod["main"])}
+    moments = {}
+    for op in plan.ops:
+        rule = OP_RULES.get(op.rule)
+        if isinstance(rule, LinearRule) and const_value(calls[op.var].args[1]).size <= MAX_WEIGHTS:
+            moments[op.var] = (op.inputs[0], InputMoments(rule.geometry(calls[op.var])))
+    return moments
+
+
+def realize_stage(
+    canon: Canonical,
+    plan: QuantPlan,
+    qparams: dict[str, QParams],
+    config: BuildConfig,
+    rounding: WeightRounding | None = None,
+) -> tvm.IRModule:
+    return RealizeIntegerOps(plan, qparams, bias_correction=config.bias_correction, rounding=rounding)(canon.mod)
 
 
 def compile_stage(
@@ -231,7 +282,7 @@ def build(
     target = TARGETS.get(config.target)
     if stop_after is None or STAGES.index(stop_after) >= STAGES.index("package"):
         check_toolchain(target)  # a missing cross compiler or CUDA toolkit fails now, not after calibration
-    result = BuildResult(config)
+    result = BuildResult(config, rounding=WeightRounding(config.weight_rounding))
     dump = _IRDump(Path(dump_ir)) if dump_ir else None
 
     def done(stage: str, started: float) -> bool:
@@ -257,7 +308,7 @@ def build(
     if done("annotate", t):
         return result
     t = time.perf_counter()
-    result.qparams = calibrate_stage(canon, result.plan, config, calib, qparams)
+    result.qparams = calibrate_stage(canon, result.plan, config, calib, qparams, result.rounding)
     if dump:
         dump.write_json("03_calibrate", qparams_to_json(result.qparams, model_obj.sha256, config.method))
     if done("calibrate", t):
@@ -266,7 +317,7 @@ def build(
         assert output is not None
         return _build_mixed(result, canon, config, target, search, Path(output), calib, tuning_db, require_tuned)
     t = time.perf_counter()
-    result.realized = realize_stage(canon, result.plan, result.qparams, config)
+    result.realized = realize_stage(canon, result.plan, result.qparams, config, result.rounding)
     if dump:
         dump.write("04_realize", result.realized)
     if done("realize", t):
@@ -304,8 +355,17 @@ def _compile_and_write(
         timings=result.timings,
         schedules=schedules,
         extra_json=extra_json,
+        rounding=_used_offsets(result),
     )
     result.timings["package"] = round(time.perf_counter() - t, 3)
+
+
+def _used_offsets(result: BuildResult) -> dict | None:
+    """The weight-rounding offsets of this build's integer layers (what rounding.npz stores)."""
+    if result.rounding is None or result.plan is None:
+        return None
+    ops = {op.var for op in result.plan.ops}
+    return {k: v for k, v in result.rounding.used.items() if k in ops} or None
 
 
 def _build_mixed(
@@ -334,7 +394,9 @@ def _build_mixed(
         raise InputError("every integer layer is pinned by --precision: nothing for the search to change")
     inputs = [s.name for s in canon.model.inputs]
     plan_for = planner(canon, config, target)
-    sw = Switchable(canon.mod, result.plan, result.qparams, layers, data, inputs, config.bias_correction, plan_for)
+    sw = Switchable(
+        canon.mod, result.plan, result.qparams, layers, data, inputs, config.bias_correction, plan_for, result.rounding
+    )
     if search.budget.max_top1_drop is not None and sw.reference.ndim != 2:
         raise InputError("--max-top1-drop needs a classifier (2-D logits as the first output); use --min-sqnr")
     costs = layer_costs(canon.mod, canon.layer_of)
@@ -347,8 +409,9 @@ def _build_mixed(
         result.config = with_float_layers(config, float_layers)
         result.plan = annotate_stage(canon, result.config, target)
         if set(result.plan.sites) - set(result.qparams):  # a new float boundary: observe it too
-            result.qparams = calibrate_stage(canon, result.plan, result.config, calib, None)
-        result.realized = realize_stage(canon, result.plan, result.qparams, result.config)
+            result.qparams = calibrate_stage(canon, result.plan, result.config, calib, None, result.rounding)
+        result.rounding.used.clear()
+        result.realized = realize_stage(canon, result.plan, result.qparams, result.config, result.rounding)
         report["float_layers"] = list(float_layers)
         extra = {"precision.json": result.config.precision.to_json(), "mixed_precision.json": report}
         _compile_and_write(result, canon, target, output, tuning_db, require_tuned, extra)

@@ -24,10 +24,10 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fashion_cnn"
 def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="qcompile-arm-"))
 
-    # 1. Calibrate once, on the host: the x86 build writes qparams.json.
+    # 1. Calibrate once, on the host: the x86 build writes qparams.json (and rounding.npz beside it).
     x86 = qcompile.build(EXAMPLE / "model.onnx", out / "x86", calib=EXAMPLE / "calib.npz").artifact
 
-    # 2. Build for ARM from the same qparams: the same integer model, cross-compiled for aarch64
+    # 2. Build for ARM from the same qparams (and weight rounding): the same integer model, cross-compiled for aarch64
     #    (`arm` is any Armv8-A core; `arm-dotprod`, `arm-i8mm` unlock newer cores' instructions).
     arm = qcompile.build(
         EXAMPLE / "model.onnx", out / "arm", qparams=x86 / "qparams.json", config=qcompile.BuildConfig(target="arm")

@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 from tvm import relax
 
+from qcompile.calibration.rounding import WeightRounding
 from qcompile.passes.plan import OpPlan, QParams, SiteSpec, root_site
 from qcompile.registry import Registry
 
@@ -82,6 +83,7 @@ class RealizeContext(Protocol):
     """What a rule may use while realizing (implemented by passes.realize)."""
 
     bb: relax.BlockBuilder
+    rounding: WeightRounding | None  # how weights round to integers (None: to nearest)
 
     def quantized(self, var: relax.Var) -> QTensor: ...
 

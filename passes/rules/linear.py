@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
+from qcompile.calibration.rounding import Geometry
 from qcompile.passes.plan import OpPlan
 from qcompile.passes.rewrite import const_value, is_const, op_name
 from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext, op_rule
@@ -45,6 +46,21 @@ class LinearRule:
 
     def supported(self, binding: relax.VarBinding) -> bool:
         return True
+
+    def geometry(self, call) -> Geometry:
+        """How the layer reads its input (for the weight-rounding statistics)."""
+        raise NotImplementedError
+
+    def rows(self, weight: np.ndarray) -> np.ndarray:
+        """The weights as one row per output channel, in the order `geometry().patches` gives inputs."""
+        raise NotImplementedError
+
+    def from_rows(self, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        raise NotImplementedError
+
+    def row_groups(self, call, channels: int) -> np.ndarray:
+        """The input group each output channel reads (grouped/depthwise conv); 0 for all otherwise."""
+        return np.zeros(channels, dtype=np.int64)
 
     def weight_error_shift(self, call, weight, wq, w_scale, mean: np.ndarray) -> np.ndarray:
         """E[(W - Wq) x] per output channel from the input's calibration mean (bias correction,
@@ -86,6 +102,10 @@ class LinearRule:
         acc_dtype = "int64" if x.qparams.dtype == "int16" else "int32"
         bias_limit = 2.0**40 if acc_dtype == "int64" else 2.0**29  # headroom for the products' sum
         wq, w_scale = quantize_weight(weight, self.weight_axis, np.abs(bias) / (x.qparams.scale * bias_limit))
+        if ctx.rounding is not None:
+            groups = self.row_groups(call, channels)
+            rows = ctx.rounding.round(plan.var, self.rows(weight), w_scale, groups, WEIGHT_QMAX)
+            wq = self.from_rows(rows, weight.shape).astype(np.int8)
         mean = ctx.input_mean(call.args[0])
         if mean is not None:
             bias = bias + self.weight_error_shift(call, weight, wq, w_scale, mean)
@@ -135,6 +155,27 @@ class Conv2dRule(LinearRule):
         attrs = binding.value.attrs
         return attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW"
 
+    def geometry(self, call) -> Geometry:
+        attrs = call.attrs
+        kh, kw = const_value(call.args[1]).shape[2:]
+        return Geometry(
+            "conv2d",
+            kernel=(int(kh), int(kw)),
+            strides=tuple(int(v) for v in attrs.strides),
+            padding=tuple(int(v) for v in attrs.padding),
+            dilation=tuple(int(v) for v in attrs.dilation),
+            groups=int(attrs.groups),
+        )
+
+    def rows(self, weight: np.ndarray) -> np.ndarray:
+        return weight.reshape(weight.shape[0], -1)
+
+    def from_rows(self, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return rows.reshape(shape)
+
+    def row_groups(self, call, channels: int) -> np.ndarray:
+        return np.arange(channels) // (channels // int(call.attrs.groups))
+
     def weight_error_shift(self, call, weight, wq, w_scale, mean: np.ndarray) -> np.ndarray:
         delta = weight.astype(np.float64) - wq * w_scale.reshape(-1, 1, 1, 1)
         cout, cin_per_group = delta.shape[:2]
@@ -173,6 +214,15 @@ class MatmulRule(LinearRule):
 
     def supported(self, binding: relax.VarBinding) -> bool:
         return const_value(binding.value.args[1]).ndim == 2
+
+    def geometry(self, call) -> Geometry:
+        return Geometry("matmul")
+
+    def rows(self, weight: np.ndarray) -> np.ndarray:
+        return weight.T
+
+    def from_rows(self, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return rows.T
 
     def weight_error_shift(self, call, weight, wq, w_scale, mean: np.ndarray) -> np.ndarray:
         delta = weight.astype(np.float64) - wq * w_scale.reshape(1, -1)

@@ -3,7 +3,7 @@ stream the calibration set through it once and feed each site's values to its ob
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -12,6 +12,7 @@ from tvm import relax
 
 from qcompile.calibration.methods import MethodOptions, qparams_for
 from qcompile.calibration.observer import RangeObserver
+from qcompile.calibration.rounding import InputMoments
 from qcompile.data import Dataset
 from qcompile.errors import CalibrationDataError
 from qcompile.lowering import compile_module
@@ -51,15 +52,26 @@ def run_vm(vm, batch: dict[str, np.ndarray], input_names: Sequence[str], extra: 
 
 
 def observe(
-    mod: tvm.IRModule, plan: QuantPlan, data: Dataset, input_names: Sequence[str], num_outputs: int
+    mod: tvm.IRModule,
+    plan: QuantPlan,
+    data: Dataset,
+    input_names: Sequence[str],
+    num_outputs: int,
+    moments: Mapping[str, tuple[str, InputMoments]] | None = None,
 ) -> dict[str, RangeObserver]:
+    """Each site's range statistics; with `moments` (op -> (its input tensor, statistics)), also the
+    second moments of those layer inputs, in the same pass."""
     sites = sorted(plan.sites)
-    vm = compile_host(expose(mod, sites))
+    moments = moments or {}
+    extra = sorted({name for name, _ in moments.values()} - set(sites))
+    vm = compile_host(expose(mod, sites + extra))
     observers = {s: RangeObserver(s) for s in sites}
     for batch in progress(data.batches(), total=data.num_batches, desc="calibrate"):
-        values = run_vm(vm, batch, input_names)[num_outputs:]
-        for site, value in zip(sites, values):
-            observers[site].update(value)
+        values = dict(zip(sites + extra, run_vm(vm, batch, input_names)[num_outputs:]))
+        for site in sites:
+            observers[site].update(values[site])
+        for name, stats in moments.values():
+            stats.update(values[name])
     return observers
 
 
@@ -71,8 +83,9 @@ def calibrate(
     num_outputs: int,
     method: str,
     options: MethodOptions,
+    moments: Mapping[str, tuple[str, InputMoments]] | None = None,
 ) -> dict[str, QParams]:
-    observers = observe(mod, plan, data, input_names, num_outputs)
+    observers = observe(mod, plan, data, input_names, num_outputs, moments)
     return {
         s: replace(qparams_for(obs, plan.sites[s], method, options), channel_mean=obs.channel_mean())
         for s, obs in observers.items()

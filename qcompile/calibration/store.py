@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from qcompile.errors import InputError
 from qcompile.passes.plan import QParams, QuantPlan
 
 FORMAT = "qcompile.qparams/1"
+ROUNDING = "rounding.npz"  # written by qcompile.artifact next to qparams.json
 
 
 def qparams_to_json(qparams: dict[str, QParams], model_sha256: str, method: str) -> dict:
@@ -54,3 +57,15 @@ def load_qparams(path: str | Path, model_sha256: str, plan: QuantPlan) -> dict[s
 
 def _means(values: list | None) -> tuple[float, ...] | None:
     return None if values is None else tuple(float(x) for x in values)
+
+
+def load_rounding(qparams_path: str | Path) -> dict[str, np.ndarray] | None:
+    """The weight-rounding offsets saved next to an artifact's qparams.json (rounding.npz), or None."""
+    path = Path(qparams_path).with_name(ROUNDING)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: np.asarray(npz[k]) for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path} is not a weight-rounding file ({exc})") from None

@@ -1,0 +1,157 @@
+"""Weight rounding that minimises the layer's *output* error (GPTQ / OPTQ, Frantar et al. 2023).
+
+Rounding each int8 weight to its nearest level minimises every weight's own error, but a layer's output
+error is (W - Wq) x, and natural-image inputs are strongly correlated (neighbouring pixels, channels):
+errors of one sign on correlated inputs add up. GPTQ rounds one input column at a time and pushes each
+column's rounding error onto the columns not yet rounded, through the inverse of the input's second
+moment H = E[x x^T] (the output error's Hessian), so the errors cancel on the inputs the layer really
+sees. Measured on EfficientNet-Lite0 (weights-only int8, per-channel scales kept): logits SQNR 19.1 dB
+with nearest rounding, 29.2 dB with GPTQ. No training: one calibration pass collects H per layer.
+
+The statistics come from the float model's layer inputs (the calibration pass already runs it); the
+scales stay the nearest-rounding per-channel scales, so only the integers change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+DAMP = 0.01  # added to H's diagonal, relative to its mean: measured best of 0.001 / 0.01 / 0.1
+MAX_PATCH_BYTES = 256 << 20  # per image; a layer whose patches are larger keeps nearest rounding
+# Layers with more weights keep nearest rounding: the artifact stores each GPTQ layer's offsets
+# (rounding.npz), and on EfficientNet-Lite0 the 10 largest layers hold 80% of the weights but add
+# little output error (each alone >= 33 dB), so this keeps rounding.npz ~0.1 MB instead of ~0.6 MB.
+MAX_WEIGHTS = 200_000
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a linear layer reads its input: conv2d (NCHW, OIHW weights) or matmul over the last axis."""
+
+    kind: str  # "conv2d" | "matmul"
+    kernel: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def patches(self, x: np.ndarray) -> np.ndarray | None:
+        """(groups, rows, D) float32: every input vector one weight row of a group is dotted with, in the
+        weight's own (in-channel, kh, kw) order. None when one image's patches would not fit memory."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.kind == "matmul":
+            return x.reshape(1, -1, x.shape[-1])
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilation
+        top, left, bottom, right = self.padding
+        span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+        out_h = (h + top + bottom - span_h) // sh + 1
+        out_w = (w + left + right - span_w) // sw + 1
+        if out_h * out_w * c * kh * kw * 4 > MAX_PATCH_BYTES:
+            return None
+        if (kh, kw) == (1, 1) and not any(self.padding):
+            cols = x[:, :, ::sh, ::sw].reshape(n, self.groups, c // self.groups, -1)
+            return cols.transpose(1, 0, 3, 2).reshape(self.groups, -1, c // self.groups)
+        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+        view = sliding_window_view(padded, (span_h, span_w), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+        view = view[:, :, :out_h, :out_w]  # N C Ho Wo kh kw
+        per_group = c // self.groups
+        view = view.reshape(n, self.groups, per_group, out_h, out_w, kh, kw)
+        return view.transpose(1, 0, 3, 4, 2, 5, 6).reshape(self.groups, -1, per_group * kh * kw)
+
+
+@dataclass
+class InputMoments:
+    """Sum of x x^T over a linear layer's input vectors, per weight group, across the calibration set."""
+
+    geometry: Geometry
+    sum: np.ndarray | None = None
+    count: int = 0
+    too_large: bool = False
+
+    def update(self, values: np.ndarray) -> None:
+        if self.too_large:
+            return
+        for image in np.asarray(values)[:, None] if self.geometry.kind == "conv2d" else [values]:
+            p = self.geometry.patches(image)
+            if p is None:
+                self.too_large = True
+                return
+            xtx = np.matmul(p.transpose(0, 2, 1), p).astype(np.float64)
+            self.sum = xtx if self.sum is None else self.sum + xtx
+            self.count += p.shape[1]
+
+    def hessian(self) -> np.ndarray | None:
+        if self.too_large or self.sum is None or self.count == 0:
+            return None
+        return self.sum / self.count
+
+
+def nearest(rows: np.ndarray, scale: np.ndarray, qmax: int) -> np.ndarray:
+    return np.clip(np.round(rows / scale[:, None]), -qmax, qmax)
+
+
+def gptq(rows: np.ndarray, scale: np.ndarray, groups: np.ndarray, hessian: np.ndarray, qmax: int) -> np.ndarray:
+    """Integer rows (R x D) for float `rows` with per-row `scale`; row r reads input group groups[r],
+    whose second moment is hessian[groups[r]] (G x D x D). Columns are rounded left to right, each
+    error spread over the columns to its right by the upper Cholesky factor of H^-1."""
+    w = rows.astype(np.float64, copy=True)
+    h = hessian.astype(np.float64, copy=True)
+    d = h.shape[-1]
+    diag = np.einsum("gii->gi", h)
+    dead = diag <= 0
+    h[:, np.arange(d), np.arange(d)] += np.where(dead, 1.0, 0.0)
+    damp = DAMP * np.mean(np.einsum("gii->gi", h), axis=1) + 1e-12
+    h += damp[:, None, None] * np.eye(d)
+    try:
+        upper = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)
+    except np.linalg.LinAlgError:
+        return nearest(rows, scale, qmax)
+    q = np.empty_like(w)
+    shared = h.shape[0] == 1
+    for i in range(d):
+        q[:, i] = np.clip(np.round(w[:, i] / scale), -qmax, qmax)
+        diag_i = upper[0, i, i] if shared else upper[groups, i, i]
+        err = (w[:, i] - q[:, i] * scale) / diag_i
+        if i + 1 < d:
+            right = upper[0, i, i + 1 :][None, :] if shared else upper[groups, i, i + 1 :]
+            w[:, i + 1 :] -= err[:, None] * right
+    if not np.all(np.isfinite(q)):
+        return nearest(rows, scale, qmax)
+    return q
+
+
+@dataclass
+class WeightRounding:
+    """The rounding of each planned linear layer's weights (keyed by its op's variable).
+
+    `hessians` come from a calibration pass; `offsets` (integer weights minus nearest rounding) from a
+    previous build's rounding.npz, applied as they are so a --qparams rebuild gives the same library.
+    `used` holds the offsets the latest realize applied (what the artifact's rounding.npz stores).
+    GPTQ results are remembered: the mixed-precision search realizes the same layer many times."""
+
+    method: str = "gptq"
+    hessians: dict[str, np.ndarray] = field(default_factory=dict)
+    offsets: dict[str, np.ndarray] = field(default_factory=dict)
+    used: dict[str, np.ndarray] = field(default_factory=dict)
+    _memo: dict[tuple[str, bytes], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def round(self, key: str, rows: np.ndarray, scale: np.ndarray, groups: np.ndarray, qmax: int) -> np.ndarray:
+        base = nearest(rows, scale, qmax)
+        if self.method == "nearest":
+            return base
+        if key in self.offsets and self.offsets[key].shape == base.shape:
+            q = np.clip(base + self.offsets[key], -qmax, qmax)
+        elif key in self.hessians and rows.size <= MAX_WEIGHTS:
+            memo_key = (key, scale.tobytes())
+            if memo_key not in self._memo:
+                self._memo[memo_key] = gptq(rows, scale, groups, self.hessians[key], qmax)
+            q = self._memo[memo_key]
+        else:
+            return base
+        offset = q - base  # mostly 0 and +-1 (|offset| <= 5 measured): int8 unless it does not fit
+        self.used[key] = offset.astype(np.int8 if np.abs(offset).max(initial=0) <= 127 else np.int16)
+        return q
