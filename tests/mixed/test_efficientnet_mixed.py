@@ -16,13 +16,13 @@ def test_search_beats_plain_int8_on_held_out_views(tmp_path, efficientnet):
     np.savez(data, input=photo_holdout(96))
     out = tmp_path / "mixed"
     args = ["build", str(efficientnet["model"]), "--calib", str(efficientnet["calib"]), "-o", str(out)]
-    # all-int8 is ~24 dB here (measured on the switchable model, the first evaluation in the report)
-    assert main([*args, "--eval", str(data), "--min-sqnr", "25", "--probe-samples", "16"]) == 0
+    # all-int8 is ~26 dB here with GPTQ rounding (the first evaluation in the report); 27.5 dB needs float layers
+    assert main([*args, "--eval", str(data), "--min-sqnr", "27.5", "--probe-samples", "16"]) == 0
     report = json.loads((out / "mixed_precision.json").read_text())
     plain = report["evaluated"][0]
     assert plain["note"] == "all integer" and not plain["met"], plain
     verified = report["verified"]
-    assert verified["met"] and verified["sqnr_db"] >= 25.0 > plain["value"], verified
+    assert verified["met"] and verified["sqnr_db"] >= 27.5 > plain["value"], verified
     layers = json.loads((out / "plan.json").read_text())["layer_precision"]
     int8 = sum(p == "int8" for p in layers.values())
     assert int8 >= 0.6 * len(layers), layers  # the budget needs a few float layers, not most of them
