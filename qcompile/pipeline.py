@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tvm
 
-from qcompile.artifact import check_writable, update_json, write_artifact
+from qcompile.artifact import check_writable, write_artifact
 from qcompile.calibration.collect import calibrate
 from qcompile.calibration.rounding import InputMoments, WeightRounding
 from qcompile.calibration.store import load_qparams, load_rounding, qparams_to_json
@@ -315,18 +315,20 @@ def build(
         return result
     if search is not None:
         assert output is not None
-        return _build_mixed(result, canon, config, target, search, Path(output), calib, tuning_db, require_tuned)
+        from qcompile.mixed_build import build_mixed
+
+        return build_mixed(result, canon, config, target, search, Path(output), calib, tuning_db, require_tuned)
     t = time.perf_counter()
     result.realized = realize_stage(canon, result.plan, result.qparams, config, result.rounding)
     if dump:
         dump.write("04_realize", result.realized)
     if done("realize", t):
         return result
-    _compile_and_write(result, canon, target, None if stop_after == "build" else output, tuning_db, require_tuned)
+    compile_and_write(result, canon, target, None if stop_after == "build" else output, tuning_db, require_tuned)
     return result
 
 
-def _compile_and_write(
+def compile_and_write(
     result: BuildResult,
     canon: Canonical,
     target: TargetSpec,
@@ -366,69 +368,6 @@ def _used_offsets(result: BuildResult) -> dict | None:
         return None
     ops = {op.var for op in result.plan.ops}
     return {k: v for k, v in result.rounding.used.items() if k in ops} or None
-
-
-def _build_mixed(
-    result: BuildResult,
-    canon: Canonical,
-    config: BuildConfig,
-    target: TargetSpec,
-    search: MixedSearch,
-    output: Path,
-    calib: str | Path | None,
-    tuning_db: str | Path | None,
-    require_tuned: bool,
-) -> BuildResult:
-    from qcompile.mixed import MAX_SQNR_DB, Switchable, layer_costs
-    from qcompile.mixed import search as run_search
-    from qcompile.verification import verify
-
-    assert result.plan is not None and result.qparams is not None
-    t = time.perf_counter()
-    data = load_data(search.eval, canon.model.inputs, "evaluation")
-    if search.budget.labels and data.labels is None:
-        raise InputError(f"--labels: {search.eval} has no 'labels' array")
-    pinned = {name for name in result.plan.quantized_layers if config.precision.names(name)}
-    layers = tuple(name for name in result.plan.quantized_layers if name not in pinned)
-    if not layers:
-        raise InputError("every integer layer is pinned by --precision: nothing for the search to change")
-    inputs = [s.name for s in canon.model.inputs]
-    plan_for = planner(canon, config, target)
-    sw = Switchable(
-        canon.mod, result.plan, result.qparams, layers, data, inputs, config.bias_correction, plan_for, result.rounding
-    )
-    if search.budget.max_top1_drop is not None and sw.reference.ndim != 2:
-        raise InputError("--max-top1-drop needs a classifier (2-D logits as the first output); use --min-sqnr")
-    costs = layer_costs(canon.mod, canon.layer_of)
-    found = run_search(sw, costs, search.budget, time_budget_s=search.time_budget_s, probe=search.probe)
-    result.timings["mixed_search"] = round(time.perf_counter() - t, 3)
-    order = [row["layer"] for row in found.ranking]
-    float_layers = list(found.float_layers)
-    report = found.to_json(search.budget)
-    for attempt in range(4):
-        result.config = with_float_layers(config, float_layers)
-        result.plan = annotate_stage(canon, result.config, target)
-        if set(result.plan.sites) - set(result.qparams):  # a new float boundary: observe it too
-            result.qparams = calibrate_stage(canon, result.plan, result.config, calib, None, result.rounding)
-        result.rounding.used.clear()
-        result.realized = realize_stage(canon, result.plan, result.qparams, result.config, result.rounding)
-        report["float_layers"] = list(float_layers)
-        extra = {"precision.json": result.config.precision.to_json(), "mixed_precision.json": report}
-        _compile_and_write(result, canon, target, output, tuning_db, require_tuned, extra)
-        metrics = verify(output, canon.model.path, search.eval)
-        first = next(iter(metrics["outputs"].values()))
-        met = search.budget.met(first)
-        finite = {k: min(v, MAX_SQNR_DB) if isinstance(v, float) else v for k, v in first.items()}
-        report["verified"] = {"attempt": attempt + 1, "met": met, "value": search.budget.value(finite), **finite}
-        if met or not found.feasible:
-            break
-        nxt = [name for name in order if name not in float_layers]
-        if not nxt:
-            break
-        float_layers.append(nxt[0])  # the real library missed what the switchable model met: one more
-    update_json(output, "mixed_precision.json", report)
-    result.mixed = report
-    return result
 
 
 class _IRDump:

@@ -1,0 +1,88 @@
+"""build --eval: the mixed-precision search picks the layers to keep float, then the real library is built
+and verified on the evaluation data (rebuilt with one more float layer while it misses the budget the
+switchable model met)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from qcompile.artifact import update_json
+from qcompile.config import BuildConfig
+from qcompile.data import load_data
+from qcompile.errors import InputError
+from qcompile.mixed import MAX_SQNR_DB, Switchable, layer_costs
+from qcompile.mixed import search as run_search
+from qcompile.pipeline import (
+    BuildResult,
+    Canonical,
+    MixedSearch,
+    annotate_stage,
+    calibrate_stage,
+    compile_and_write,
+    planner,
+    realize_stage,
+    with_float_layers,
+)
+from qcompile.targets import TargetSpec
+from qcompile.verification import verify
+
+
+def build_mixed(
+    result: BuildResult,
+    canon: Canonical,
+    config: BuildConfig,
+    target: TargetSpec,
+    search: MixedSearch,
+    output: Path,
+    calib: str | Path | None,
+    tuning_db: str | Path | None,
+    require_tuned: bool,
+) -> BuildResult:
+    assert result.plan is not None and result.qparams is not None
+    t = time.perf_counter()
+    data = load_data(search.eval, canon.model.inputs, "evaluation")
+    if search.budget.labels and data.labels is None:
+        raise InputError(f"--labels: {search.eval} has no 'labels' array")
+    pinned = {name for name in result.plan.quantized_layers if config.precision.names(name)}
+    layers = tuple(name for name in result.plan.quantized_layers if name not in pinned)
+    if not layers:
+        raise InputError("every integer layer is pinned by --precision: nothing for the search to change")
+    inputs = [s.name for s in canon.model.inputs]
+    plan_for = planner(canon, config, target)
+    sw = Switchable(
+        canon.mod, result.plan, result.qparams, layers, data, inputs, config.bias_correction, plan_for, result.rounding
+    )
+    if search.budget.max_top1_drop is not None and sw.reference.ndim != 2:
+        raise InputError("--max-top1-drop needs a classifier (2-D logits as the first output); use --min-sqnr")
+    costs = layer_costs(canon.mod, canon.layer_of)
+    found = run_search(sw, costs, search.budget, time_budget_s=search.time_budget_s, probe=search.probe)
+    result.timings["mixed_search"] = round(time.perf_counter() - t, 3)
+    order = [row["layer"] for row in found.ranking]
+    float_layers = list(found.float_layers)
+    report = found.to_json(search.budget)
+    for attempt in range(4):
+        result.config = with_float_layers(config, float_layers)
+        result.plan = annotate_stage(canon, result.config, target)
+        if set(result.plan.sites) - set(result.qparams):  # a new float boundary: observe it too
+            # no rounding here: the first pass's Hessians still hold (same data through the same float model)
+            result.qparams = calibrate_stage(canon, result.plan, result.config, calib, None)
+        result.rounding.used.clear()
+        result.realized = realize_stage(canon, result.plan, result.qparams, result.config, result.rounding)
+        report["float_layers"] = list(float_layers)
+        extra = {"precision.json": result.config.precision.to_json(), "mixed_precision.json": report}
+        compile_and_write(result, canon, target, output, tuning_db, require_tuned, extra)
+        metrics = verify(output, canon.model.path, search.eval)
+        first = next(iter(metrics["outputs"].values()))
+        met = search.budget.met(first)
+        finite = {k: min(v, MAX_SQNR_DB) if isinstance(v, float) else v for k, v in first.items()}
+        report["verified"] = {"attempt": attempt + 1, "met": met, "value": search.budget.value(finite), **finite}
+        if met or not found.feasible:
+            break
+        nxt = [name for name in order if name not in float_layers]
+        if not nxt:
+            break
+        float_layers.append(nxt[0])  # the real library missed what the switchable model met: one more
+    update_json(output, "mixed_precision.json", report)
+    result.mixed = report
+    return result
