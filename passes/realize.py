@@ -4,6 +4,7 @@ quantize/dequantize only where an integer tensor meets a float op (or the model'
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -17,21 +18,24 @@ from qcompile.passes.rules import OP_RULES, QTensor
 from qcompile.passes.rules.emit import dequantize, quantize
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """What realize takes from calibration besides the plan: every site's parameters, whether to correct
+    each layer's mean output shift (bias correction), and how to round its weights (None: to nearest)."""
+
+    qparams: Mapping[str, QParams]
+    bias_correction: bool = False
+    rounding: WeightRounding | None = None
+
+
 class _Realizer:
     """The RealizeContext the rules see, plus the per-binding replay step."""
 
-    def __init__(
-        self,
-        plan: QuantPlan,
-        qparams: Mapping[str, QParams],
-        bindings: list[relax.VarBinding],
-        bias_correction: bool = False,
-        rounding: WeightRounding | None = None,
-    ):
+    def __init__(self, plan: QuantPlan, calibration: Calibration, bindings: list[relax.VarBinding]):
         self.plan = plan
-        self.bias_correction = bias_correction
-        self.rounding = rounding
-        self.params = qparams
+        self.bias_correction = calibration.bias_correction
+        self.rounding = calibration.rounding
+        self.params = calibration.qparams
         self.by_name = {b.var.name: b for b in bindings}
         self.anchors = {op.var: op for op in plan.ops}
         self.fused = {v for op in plan.ops for v in op.fused}
@@ -106,23 +110,14 @@ class _Realizer:
 class RealizeIntegerOps:
     """Turn the planned float ops of `main` into integer compute (see the rules for each op)."""
 
-    def __init__(
-        self,
-        plan: QuantPlan,
-        qparams: Mapping[str, QParams],
-        expose: tuple[str, ...] = (),
-        bias_correction: bool = False,
-        rounding: WeightRounding | None = None,
-    ) -> None:
+    def __init__(self, plan: QuantPlan, calibration: Calibration, expose: tuple[str, ...] = ()) -> None:
         self.plan = plan
-        self.bias_correction = bias_correction
-        self.rounding = rounding
-        self.qparams = dict(qparams)
+        self.calibration = calibration
         self.expose = expose  # extra float outputs (dequantized), for per-layer error analysis
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         bindings = main_bindings(mod["main"])
-        realizer = _Realizer(self.plan, self.qparams, bindings, self.bias_correction, self.rounding)
+        realizer = _Realizer(self.plan, self.calibration, bindings)
         extra = None
         if self.expose:
             by_name = {b.var.name: b.var for b in bindings}

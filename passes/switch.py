@@ -17,14 +17,11 @@ search verifies its final choice with a real build).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import tvm
 from tvm import relax
 
-from qcompile.calibration.rounding import WeightRounding
-from qcompile.passes.plan import QParams, QuantPlan
-from qcompile.passes.realize import _Realizer
+from qcompile.passes.plan import QuantPlan
+from qcompile.passes.realize import Calibration, _Realizer
 from qcompile.passes.rewrite import Env, copy_binding, main_bindings, operands, replay
 from qcompile.passes.rules import OP_RULES, QTensor
 from qcompile.passes.rules.emit import dequantize
@@ -65,21 +62,13 @@ class _Switcher(_Realizer):
 class PrecisionSwitch:
     """`main(inputs..., layer_flags: int32[len(plan.ops)])`: plan.ops[i] integer where layer_flags[i] > 0."""
 
-    def __init__(
-        self,
-        plan: QuantPlan,
-        qparams: Mapping[str, QParams],
-        bias_correction: bool = False,
-        rounding: WeightRounding | None = None,
-    ) -> None:
+    def __init__(self, plan: QuantPlan, calibration: Calibration) -> None:
         self.plan = plan
-        self.qparams = dict(qparams)
-        self.bias_correction = bias_correction
-        self.rounding = rounding
+        self.calibration = calibration
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         bindings = main_bindings(mod["main"])
         flags = relax.Var(FLAGS, relax.TensorType((len(self.plan.ops),), "int32"))
-        switcher = _Switcher(self.plan, self.qparams, bindings, self.bias_correction, self.rounding, flags=flags)
+        switcher = _Switcher(self.plan, self.calibration, bindings, flags=flags)
         out = replay(mod, switcher.step, finish=switcher.finish, extra_params=[flags])
         return relax.transform.DeadCodeElimination()(out)

@@ -29,7 +29,14 @@ def analyze(
     from qcompile.calibration.collect import compile_host
     from qcompile.calibration.rounding import WeightRounding
     from qcompile.passes.realize import RealizeIntegerOps
-    from qcompile.pipeline import annotate_stage, calibrate_stage, canonicalize_stage, load_stage, planner
+    from qcompile.pipeline import (
+        annotate_stage,
+        calibrate_stage,
+        calibration_of,
+        canonicalize_stage,
+        load_stage,
+        planner,
+    )
     from qcompile.targets import TARGETS
 
     config = config or BuildConfig()
@@ -55,23 +62,12 @@ def analyze(
     inputs = [s.name for s in canon.model.inputs]
     layers = plan.quantized_layers
     target = TARGETS.get(config.target)
-    sw = Switchable(
-        canon.mod,
-        plan,
-        qp,
-        layers,
-        evaluation,
-        inputs,
-        config.bias_correction,
-        planner(canon, config, target),
-        rounding,
-    )
+    calibration = calibration_of(qp, config, rounding)
+    sw = Switchable(canon.mod, plan, calibration, layers, evaluation, inputs, planner(canon, config, target))
     costs = layer_costs(canon.mod, canon.layer_of)
     all_int = sw.metrics(set())
     rows = sensitivity(sw, costs, None, both=True)
-    int8_vm = compile_host(
-        RealizeIntegerOps(plan, qp, bias_correction=config.bias_correction, rounding=rounding)(canon.mod)
-    )
+    int8_vm = compile_host(RealizeIntegerOps(plan, calibration)(canon.mod))
     fp32_vm = sw.float_vm
     batch = next(evaluation.batches(1))
     lat_int8, lat_fp32 = _latency_ms(int8_vm, batch, inputs), _latency_ms(fp32_vm, batch, inputs)

@@ -15,11 +15,11 @@ import numpy as np
 import tvm
 
 from qcompile.calibration.collect import compile_host, run_vm
-from qcompile.calibration.rounding import WeightRounding
 from qcompile.data import Dataset
 from qcompile.errors import InputError
 from qcompile.metrics import classification_metrics, ratio_db
-from qcompile.passes.plan import QParams, QuantPlan
+from qcompile.passes.plan import QuantPlan
+from qcompile.passes.realize import Calibration
 from qcompile.passes.rewrite import main_bindings, op_name
 from qcompile.passes.switch import PrecisionSwitch
 from qcompile.progress import progress
@@ -97,20 +97,18 @@ class Switchable:
         self,
         mod,
         plan: QuantPlan,
-        qparams: dict[str, QParams],
+        calibration: Calibration,
         layers: tuple[str, ...],
         data: Dataset,
         input_names: list[str],
-        bias_correction: bool,
         plan_for: Callable[[frozenset[str]], QuantPlan],
-        rounding: WeightRounding | None = None,
     ) -> None:
         self.layers = layers
         self.data = data
         self.input_names = input_names
         self.ops = [op.var for op in plan.ops]
         self.plan_for = plan_for
-        self.vm = compile_host(PrecisionSwitch(plan, qparams, bias_correction, rounding)(mod))
+        self.vm = compile_host(PrecisionSwitch(plan, calibration)(mod))
         self.float_vm = compile_host(mod)
         self.reference = self._run(self.float_vm, [])
 

@@ -19,6 +19,7 @@ from qcompile.pipeline import (
     MixedSearch,
     annotate_stage,
     calibrate_stage,
+    calibration_of,
     compile_and_write,
     planner,
     realize_stage,
@@ -50,9 +51,8 @@ def build_mixed(
         raise InputError("every integer layer is pinned by --precision: nothing for the search to change")
     inputs = [s.name for s in canon.model.inputs]
     plan_for = planner(canon, config, target)
-    sw = Switchable(
-        canon.mod, result.plan, result.qparams, layers, data, inputs, config.bias_correction, plan_for, result.rounding
-    )
+    calibration = calibration_of(result.qparams, config, result.rounding)
+    sw = Switchable(canon.mod, result.plan, calibration, layers, data, inputs, plan_for)
     if search.budget.max_top1_drop is not None and sw.reference.ndim != 2:
         raise InputError("--max-top1-drop needs a classifier (2-D logits as the first output); use --min-sqnr")
     costs = layer_costs(canon.mod, canon.layer_of)

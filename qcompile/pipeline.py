@@ -25,7 +25,7 @@ from qcompile.model import OnnxModel, load_onnx, output_specs, to_relax
 from qcompile.passes.annotate import annotate, resolve_skips
 from qcompile.passes.canonicalize import canonicalize
 from qcompile.passes.plan import QParams, QuantPlan, SiteSpec
-from qcompile.passes.realize import RealizeIntegerOps
+from qcompile.passes.realize import Calibration, RealizeIntegerOps
 from qcompile.precision import FLOAT_PRECISIONS, PrecisionSpec, default_precision
 from qcompile.targets import TARGETS, TargetSpec
 
@@ -198,7 +198,11 @@ def realize_stage(
     config: BuildConfig,
     rounding: WeightRounding | None = None,
 ) -> tvm.IRModule:
-    return RealizeIntegerOps(plan, qparams, bias_correction=config.bias_correction, rounding=rounding)(canon.mod)
+    return RealizeIntegerOps(plan, calibration_of(qparams, config, rounding))(canon.mod)
+
+
+def calibration_of(qparams: dict[str, QParams], config: BuildConfig, rounding: WeightRounding | None) -> Calibration:
+    return Calibration(qparams, config.bias_correction, rounding)
 
 
 def compile_stage(

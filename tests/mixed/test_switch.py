@@ -9,6 +9,7 @@ from qcompile.calibration.collect import compile_host, run_vm
 from qcompile.config import BuildConfig
 from qcompile.data import load_data
 from qcompile.mixed import Switchable, layer_costs, sensitivity
+from qcompile.passes.realize import Calibration
 from qcompile.pipeline import annotate_stage, calibrate_stage, canonicalize_stage, load_stage, planner, realize_stage
 from qcompile.targets import TARGETS
 
@@ -21,8 +22,9 @@ def switchable(fashion):
     qparams = calibrate_stage(canon, plan, config, fashion["calib"], None)
     data = load_data(fashion["test"], canon.model.inputs, "evaluation")
     data = type(data)({k: v[:200] for k, v in data.arrays.items()}, data.labels[:200], data.batch)
+    calibration = Calibration(qparams, bias_correction=True)
     sw = Switchable(
-        canon.mod, plan, qparams, plan.quantized_layers, data, ["input"], True, planner(canon, config, target)
+        canon.mod, plan, calibration, plan.quantized_layers, data, ["input"], planner(canon, config, target)
     )
     return sw, canon, plan, qparams, config
 
