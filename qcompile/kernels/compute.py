@@ -4,11 +4,11 @@ Each anchor block carries the annotation `KERNEL` naming its schedule template
 (`qcompile.kernels.templates`), so a fused PrimFunc (kernel + requantize epilogue) can be recognised
 after Relax fusion, scheduled by default, and tuned by MetaSchedule with the same template.
 
-Integer dot products come in the two forms of `qcompile.kernels.intrinsics`: `quad` sums 4 products
-per accumulator; `pairs` keeps two partial sums of 2 products per output channel and adds them in the
-epilogue. Its anchor block iterates output channels as (block of L lanes, partial j, lane), so each
-partial of a lane block is one contiguous vector, and its weights are laid out to match:
-`[KH, KW, C/4, O/L, 2, L, 2]` (weight of input channel 4c + 2j + k, output channel L*b + l).
+Integer dot products come in the two forms of `qcompile.kernels.intrinsics`, both summing 4 products
+per accumulator and step. `quad` reads the 4 weights of a channel as adjacent bytes; `pairs` (two
+2-product multiply-adds) reads them as two vectors of L channels x 2, so its weights are laid out
+`[KH, KW, C/4, O/L, 2, L, 2]` (weight of input channel 4c + 2j + k, output channel L*b + l) and its
+anchor block carries the lane width L (`DOT_LANES`).
 
 Integer weights are stored in the *dot-4* layout `[KH, KW, C/4, O, 4]` (`[K/4, N, 4]` for dense): for a
 fixed reduction step, the 4 consecutive input channels of every output channel are adjacent bytes, which
@@ -25,6 +25,7 @@ from tvm import te, tirx
 
 KERNEL = "qcompile.kernel"  # block annotation: which template schedules this block
 DOT_FORM = "qcompile.dot"  # block annotation: "quad" | "pairs" | "float" (qcompile.kernels.intrinsics)
+DOT_LANES = "qcompile.dot_lanes"  # block annotation of the `pairs` form: the weights' lane width
 DOT_K = 4  # reduction elements per int8 dot-product lane
 
 
@@ -94,28 +95,18 @@ def conv2d_nhwc(
             attrs={KERNEL: "conv2d_nhwc", DOT_FORM: "quad"},
         )
     lanes = int(weight.shape[5])
+    rj = te.reduce_axis((0, 2), name="rj")
     rk = te.reduce_axis((0, 2), name="rk")
-    partial = te.compute(
-        (n, oh, ow, int(weight.shape[3]), 2, lanes),
-        lambda i, y, x, b, j, lane: te.sum(
-            pixel(i, y, x, rc * DOT_K + j * 2 + rk) * weight[rh, rw, rc, b, j, lane, rk].astype(out_dtype),
-            axis=[rh, rw, rc, rk],
+    return te.compute(
+        (n, oh, ow, int(weight.shape[3]) * lanes),
+        lambda i, y, x, o: te.sum(
+            pixel(i, y, x, rc * DOT_K + rj * 2 + rk)
+            * weight[rh, rw, rc, o // lanes, rj, o % lanes, rk].astype(out_dtype),
+            axis=[rh, rw, rc, rj, rk],
         ),
         name="conv",
-        attrs={KERNEL: "conv2d_nhwc", DOT_FORM: "pairs"},
+        attrs={KERNEL: "conv2d_nhwc", DOT_FORM: "pairs", DOT_LANES: lanes},
     )
-    return _combine_pairs(partial)
-
-
-def _combine_pairs(partial: te.Tensor) -> te.Tensor:
-    """[..., O/L, 2, L] partial sums -> [..., O]: the two partials of each output channel, added."""
-    *lead, blocks, _, lanes = (int(d) for d in partial.shape)
-
-    def value(*index):
-        *i, o = index
-        return partial[(*i, o // lanes, 0, o % lanes)] + partial[(*i, o // lanes, 1, o % lanes)]
-
-    return te.compute((*lead, blocks * lanes), value, name="pairs_sum")
 
 
 def depthwise_conv2d_nhwc(
@@ -175,14 +166,15 @@ def dense(data: te.Tensor, weight: te.Tensor, out_dtype: str, dot_form: str = "q
             attrs={KERNEL: "dense", DOT_FORM: "quad"},
         )
     lanes = int(weight.shape[3])
+    rj = te.reduce_axis((0, 2), name="rj")
     rk = te.reduce_axis((0, 2), name="rk")
-    partial = te.compute(
-        (m, int(weight.shape[1]), 2, lanes),
-        lambda i, b, p, lane: te.sum(
-            data[i, rc * DOT_K + p * 2 + rk].astype(out_dtype) * weight[rc, b, p, lane, rk].astype(out_dtype),
-            axis=[rc, rk],
+    return te.compute(
+        (m, int(weight.shape[1]) * lanes),
+        lambda i, o: te.sum(
+            data[i, rc * DOT_K + rj * 2 + rk].astype(out_dtype)
+            * weight[rc, o // lanes, rj, o % lanes, rk].astype(out_dtype),
+            axis=[rc, rj, rk],
         ),
         name="dense",
-        attrs={KERNEL: "dense", DOT_FORM: "pairs"},
+        attrs={KERNEL: "dense", DOT_FORM: "pairs", DOT_LANES: lanes},
     )
-    return _combine_pairs(partial)

@@ -1,16 +1,19 @@
 """Tensor intrinsics for u8 activations x s8 weights -> s32, exact on every instruction set.
 
-Two forms, named after the accumulator they update (`qcompile.kernels.compute` builds the matching
-math):
+Two forms, named after how they read the weights (`qcompile.kernels.compute` builds the matching
+math); both add 4 products per accumulator lane and step:
 
-- `quad`: acc[lanes] += sum of 4 products. x86 VNNI `vpdpbusd` does this in one instruction.
-- `pairs`: acc[2, lanes] += two sums of 2 products, added together only in the epilogue. This is
-  `vpmaddwd` on operands widened to 16 bits, for x86 without VNNI. The one-instruction alternative
-  there, `vpmaddubsw`, adds its two u8 x s8 products into a *saturating* int16 and is wrong whenever a
-  pair of same-sign weights sums past 128 in magnitude, which measured on 2% of EfficientNet-Lite0's
+- `quad`: the 4 weights of a lane are adjacent bytes. x86 VNNI `vpdpbusd` (and Arm `sdot`/`usdot`)
+  does the step in one instruction.
+- `pairs`: the weights are two vectors of (lane, 2) bytes, for x86 without VNNI: two `vpmaddwd` on
+  operands widened to 16 bits, summed into one accumulator; each pair of activations is zero-extended
+  by one byte shuffle of their broadcast 4 bytes. The one-instruction alternative there,
+  `vpmaddubsw`, adds its two u8 x s8 products into a *saturating* int16 and is wrong whenever a pair
+  of same-sign weights sums past 128 in magnitude, which measured on 2% of EfficientNet-Lite0's
   weight pairs in every one of its conv layers (onnxruntime accepts that error; qcompile does not).
-  Projecting the weights to avoid it cost the stem conv 20 dB of SQNR, so the exact form it is: the
-  same port pressure on Intel (two multiply-adds per 4 products), one extra add.
+  Projecting the weights to avoid it cost the stem conv 20 dB of SQNR, so the exact form it is. Its
+  ceiling on an AVX2 core is ~1.7x fp32 FMA (saturating: ~2.0x), measured by
+  `benchmarks/bench_peak.py`.
 
 TVM 0.27's own x86 intrinsics (`tvm.s_tir.tensor_intrin.x86`) name temporaries, which TVM backs with
 heap workspace inside parallel loops, and have no AVX2 version. The accumulator tile is a small
@@ -119,6 +122,26 @@ def _quad(d: DotIntrinsic):
     return desc, impl
 
 
+# The vpshufb mask picking bytes (2j, 2j+1) of each broadcast 4-byte group into the low halves of two
+# int16 lanes and zeroing the high halves (mask bytes with the top bit set): little-endian bytes
+# [2j, 0x80, 2j+1, 0x80], i.e. 0x80018000 + j * 0x00020002 (as int32).
+_PAIR_MASK, _PAIR_MASK_STEP = -0x7FFE8000, 0x00020002
+
+
+def _zero_extended_pair(a, j, lanes: int):
+    """Activations (a[2j], a[2j+1]) zero-extended to int16 and repeated for each of `lanes` channels:
+    the 4 activation bytes broadcast once (shared by both partials), then one byte shuffle."""
+    word = T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), lanes)
+    mask = T.broadcast(T.int32(_PAIR_MASK + j * _PAIR_MASK_STEP), lanes)
+    shuffled = T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pshuf.b" if lanes == 8 else "llvm.x86.avx512.pshuf.b.512"),
+        T.reinterpret(word, dtype=f"int8x{lanes * 4}"),
+        T.reinterpret(mask, dtype=f"int8x{lanes * 4}"),
+        dtype=f"int8x{lanes * 4}",
+    )
+    return T.reinterpret(shuffled, dtype=f"int16x{lanes * 2}")
+
+
 def _pairs(d: DotIntrinsic):
     lanes = d.lanes
     i16 = f"int16x{lanes * 2}"  # one vpmaddwd operand: `lanes` channels x 2 reduction elements
@@ -127,43 +150,36 @@ def _pairs(d: DotIntrinsic):
     def desc(
         a: T.Buffer((4,), "uint8", offset_factor=1),
         b: T.Buffer((2, lanes, 2), "int8", offset_factor=1),
-        c: T.Buffer((2, lanes), "int32", offset_factor=1),
+        c: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(c[0:2, 0:lanes], a[0:4], b[0:2, 0:lanes, 0:2])
-            T.writes(c[0:2, 0:lanes])
-            for j, i, k in T.grid(2, lanes, 2):
+            T.reads(c[0:lanes], a[0:4], b[0:2, 0:lanes, 0:2])
+            T.writes(c[0:lanes])
+            for i, j, k in T.grid(lanes, 2, 2):
                 with T.sblock("update"):
-                    vj, vi, vk = T.axis.remap("SSR", [j, i, k])
-                    c[vj, vi] = c[vj, vi] + T.cast(a[vj * 2 + vk], "int32") * T.cast(b[vj, vi, vk], "int32")
+                    vi, vj, vk = T.axis.remap("SRR", [i, j, k])
+                    c[vi] = c[vi] + T.cast(a[vj * 2 + vk], "int32") * T.cast(b[vj, vi, vk], "int32")
+
+    def partial(a, b, j: int):
+        # activations (a[2j], a[2j+1]) as int16 pairs per channel, times that half's weights
+        # sign-extended to int16; vpmaddwd sums each pair into int32
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(d.llvm),
+            T.Cast(i16, b.vload([j, 0, 0], dtype=f"int8x{lanes * 2}")),
+            _zero_extended_pair(a, j, lanes),
+            dtype=f"int32x{lanes}",
+        )
 
     @T.prim_func(s_tir=True)
     def impl(
         a: T.Buffer((4,), "uint8", offset_factor=1),
         b: T.Buffer((2, lanes, 2), "int8", offset_factor=1),
-        c: T.Buffer((2, lanes), "int32", offset_factor=1),
+        c: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(c[0:2, 0:lanes], a[0:4], b[0:2, 0:lanes, 0:2])
-            T.writes(c[0:2, 0:lanes])
-            # Partial j: activations (a[2j], a[2j+1]) zero-extended to int16 and repeated per channel,
-            # times that partial's weights sign-extended to int16; vpmaddwd sums each pair into int32.
-            for j in T.unroll(2):
-                c.vstore(
-                    [j, 0],
-                    c.vload([j, 0], dtype=f"int32x{lanes}")
-                    + T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id(d.llvm),
-                        T.Cast(i16, b.vload([j, 0, 0], dtype=f"int8x{lanes * 2}")),
-                        T.reinterpret(
-                            T.broadcast(
-                                T.reinterpret(T.Cast("int16x2", a.vload([j * 2], "uint8x2")), dtype="int32"), lanes
-                            ),
-                            dtype=i16,
-                        ),
-                        dtype=f"int32x{lanes}",
-                    ),
-                )
+            T.reads(c[0:lanes], a[0:4], b[0:2, 0:lanes, 0:2])
+            T.writes(c[0:lanes])
+            c.vstore([0], c.vload([0], dtype=f"int32x{lanes}") + partial(a, b, 0) + partial(a, b, 1))
 
     return desc, impl
 

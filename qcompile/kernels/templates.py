@@ -22,7 +22,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from qcompile.kernels import intrinsics
-from qcompile.kernels.compute import DOT_FORM, KERNEL
+from qcompile.kernels.compute import DOT_FORM, DOT_LANES, KERNEL
 from qcompile.kernels.decide import Decider, RegisterModel
 from qcompile.kernels.spec import CpuKernelSpec
 
@@ -135,8 +135,8 @@ def _dot_intrinsic(sch: s_tir.Schedule, block, spec: CpuKernelSpec, channels: in
 
 def _register_model(spec: CpuKernelSpec, form: str, kernel) -> RegisterModel:
     """Registers per accumulator / weight vector / pixel for each kernel kind (decide.RegisterModel)."""
-    if form == "pairs":  # two partials per vector; weights widened to int16, one register per partial
-        return RegisterModel(spec.registers, per_accumulator=2, per_vector=2, per_pixel=2)
+    if form == "pairs":  # weights widened to int16, one register per half; two activation shuffles per pixel
+        return RegisterModel(spec.registers, per_vector=2, per_pixel=2)
     if form == "quad":  # weights feed vpdpbusd straight from memory
         return RegisterModel(spec.registers, per_vector=0)
     if str(kernel) == "depthwise_nhwc":  # per-pixel inputs and per-vector weights, both widened
@@ -161,13 +161,10 @@ def schedule_tile(
     kinds = _iter_kinds(sch, block)
     n_spatial = sum(k == tirx.IterVar.DataPar for k in kinds)
     form = str(stmt.annotations.get(DOT_FORM, "float"))
-    if form == "pairs":  # anchor channels iterate as (block, partial, lane): the lane width is fixed
-        chan_axis = n_spatial - 3
-        lanes = int(stmt.iter_vars[n_spatial - 1].dom.extent)
-        channels = int(stmt.iter_vars[chan_axis].dom.extent) * lanes
-    else:
-        chan_axis = n_spatial - 1
-        channels = int(stmt.iter_vars[chan_axis].dom.extent)
+    if form == "pairs":  # the weights' layout fixes the lane width
+        lanes = int(stmt.annotations[DOT_LANES])
+    chan_axis = n_spatial - 1
+    channels = int(stmt.iter_vars[chan_axis].dom.extent)
     intrin = _dot_intrinsic(sch, block, spec, channels, lanes)
     if form != "float" and intrin is None:
         return False  # no dot instruction of this form and width: LLVM's plain code is still correct
@@ -179,8 +176,6 @@ def schedule_tile(
     work = _work(sch, block)
     consumers = list(sch.get_consumers(block))
     driver = consumers[0] if len(consumers) == 1 else block
-    if form == "pairs" and driver is block:
-        return False
     loops = sch.get_loops(driver)[: chan_axis + 1]
     c_outer, c_lane = sch.split(loops[-1], [None, width])
     pixel = loops[-2] if len(loops) >= 2 and _extent(sch, loops[-2]) > 1 else None
@@ -195,9 +190,10 @@ def schedule_tile(
     if channels_outer:
         outer = [outer[-1], *outer[:-1]]
     n_reduce = len(kinds) - n_spatial
+    n_dot = {"quad": 1, "pairs": 2}.get(form, 0) if intrin else 0  # reduction loops inside the intrinsic
     if driver is block:  # no epilogue: tile the anchor itself, write the accumulators back per tile
         reduce = list(sch.get_loops(block)[-n_reduce:])
-        dot_k = reduce[-1:] if intrin else []
+        dot_k = reduce[n_reduce - n_dot :]
         sch.reorder(*outer, *reduce[: n_reduce - len(dot_k)], *tile, c_lane, *dot_k)
         writeback = sch.cache_write(block, 0, "global")  # stack, registers (intrinsics.py)
         sch.reverse_compute_at(writeback, outer[-1], preserve_unit_loops=True)
@@ -211,13 +207,10 @@ def schedule_tile(
         anchor_loops = sch.get_loops(block)
         region = anchor_loops[len(outer) : len(outer) + n_spatial]
         reduce = list(anchor_loops[len(outer) + n_spatial :])
-        dot_k = reduce[-1:] if intrin else []
-        if form == "pairs":  # (block, partial, lane): the intrinsic covers partial x lane
-            vectors, lane, after = region[chan_axis], region[chan_axis + 1], region[chan_axis + 2 :]
-        else:
-            (vectors, lane), after = sch.split(region[chan_axis], [None, width]), []
+        dot_k = reduce[n_reduce - n_dot :]
+        vectors, lane = sch.split(region[chan_axis], [None, width])
         unroll = [*([region[chan_axis - 1]] if pixel is not None else []), vectors]
-        sch.reorder(*reduce[: n_reduce - len(dot_k)], *unroll, lane, *after, *dot_k)
+        sch.reorder(*reduce[: n_reduce - len(dot_k)], *unroll, lane, *dot_k)
     _parallel(sch, outer, work)
     for lp in unroll:
         sch.unroll(lp)
