@@ -1,0 +1,103 @@
+"""qcompile's own CPU kernels, one at a time: each int8 compute, scheduled by its default template for the
+x86 (AVX2) target and compiled, must equal a numpy integer reference bit for bit. The end-to-end tests
+cover the kernels only as the real models use them (always with a requantize epilogue); these also reach
+the shapes and template paths the models do not (no epilogue, stride 2 without padding, dense)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+
+from qcompile.kernels import compute, templates
+from qcompile.passes.pack_kernels import dot4_dense_weight, pairs_conv_weight
+from qcompile.runtime import host_cpu_flags
+from qcompile.targets import TARGETS
+
+X86 = TARGETS.get("x86")
+LANES = 8  # the AVX2 pairs intrinsic's output channels per instruction
+PAD_VALUE = 3  # an activation zero point: padding must read it, not 0
+
+pytestmark = pytest.mark.skipif(
+    bool(host_cpu_flags()) and not set(X86.cpu_flags) <= host_cpu_flags(), reason="the x86 preset needs AVX2 + FMA"
+)
+
+
+def _run(tensors: list[te.Tensor], args: list[np.ndarray], out_shape, out_dtype: str) -> np.ndarray:
+    func = templates.schedule_func(te.create_prim_func(tensors), X86.kernels)
+    assert func is not None, "no default template applied"
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=X86.tvm()).mod
+    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype))
+    lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
+    return out.numpy()
+
+
+def _requantize(acc):
+    """A small epilogue in the shape of the real one: scale, shift, narrow."""
+    return te.compute(acc.shape, lambda *i: ((acc[i] * 3) >> 9).astype("int8"), name="epilogue")
+
+
+def _conv_reference(x, w, stride, pad):
+    """int64 NHWC convolution; w is [KH, KW, C, O] (dense) or [KH, KW, C] (depthwise)."""
+    kh, kw = w.shape[:2]
+    xp = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=PAD_VALUE)
+    oh, ow = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    out = 0
+    for dy in range(kh):
+        for dx in range(kw):
+            window = xp[:, dy : dy + stride * oh : stride, dx : dx + stride * ow : stride]
+            tap = w[dy, dx].astype(np.int64)
+            out = out + (np.einsum("nhwc,co->nhwo", window, tap) if w.ndim == 4 else window * tap)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("size", "channels", "out_channels", "kernel", "stride", "epilogue"),
+    [
+        (12, 32, 16, 3, 1, True),  # a 3x3 conv with padding (the pad stage reads the zero point)
+        (9, 8, 24, 1, 2, True),  # 1x1 stride 2, no padding
+        (6, 16, 8, 3, 1, False),  # no epilogue: the accumulators are written back per tile
+    ],
+)
+def test_pairs_conv_is_exact(size, channels, out_channels, kernel, stride, epilogue):
+    rng = np.random.default_rng(size)
+    x = rng.integers(0, 256, (1, size, size, channels)).astype("uint8")
+    w = rng.integers(-127, 128, (kernel, kernel, channels, out_channels)).astype("int8")
+    pad = kernel // 2
+    data = te.placeholder(x.shape, "uint8", name="data")
+    weight = te.placeholder(pairs_conv_weight(w, LANES).shape, "int8", name="weight")
+    acc = compute.conv2d_nhwc(data, weight, (stride, stride), (pad,) * 4, (1, 1), PAD_VALUE, "int32", "pairs")
+    out = _requantize(acc) if epilogue else acc
+    ref = _conv_reference(x, w, stride, pad)
+    ref = ((ref * 3) >> 9).astype(np.int8) if epilogue else ref.astype(np.int32)
+    got = _run([data, weight, out], [x, pairs_conv_weight(w, LANES)], ref.shape, str(ref.dtype))
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("epilogue", [True, False])
+def test_pairs_dense_is_exact(epilogue):
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, (2, 96)).astype("uint8")
+    w = rng.integers(-127, 128, (96, 40)).astype("int8")
+    packed = dot4_dense_weight(w, "pairs", LANES)
+    data = te.placeholder(x.shape, "uint8", name="data")
+    weight = te.placeholder(packed.shape, "int8", name="weight")
+    acc = compute.dense(data, weight, "int32", "pairs")
+    out = _requantize(acc) if epilogue else acc
+    ref = x.astype(np.int64) @ w.astype(np.int64)
+    ref = ((ref * 3) >> 9).astype(np.int8) if epilogue else ref.astype(np.int32)
+    np.testing.assert_array_equal(_run([data, weight, out], [x, packed], ref.shape, str(ref.dtype)), ref)
+
+
+@pytest.mark.parametrize(("size", "channels", "kernel", "stride"), [(14, 48, 5, 1), (15, 24, 3, 2)])
+def test_int8_depthwise_is_exact(size, channels, kernel, stride):
+    rng = np.random.default_rng(channels)
+    x = rng.integers(0, 256, (1, size, size, channels)).astype("uint8")
+    w = rng.integers(-128, 128, (kernel, kernel, channels)).astype("int8")  # -128 too: |u8 x s8| <= 32640
+    pad = kernel // 2
+    data = te.placeholder(x.shape, "uint8", name="data")
+    weight = te.placeholder(w.shape, "int8", name="weight")
+    acc = compute.depthwise_conv2d_nhwc(data, weight, (stride, stride), (pad,) * 4, (1, 1), PAD_VALUE, "int32")
+    ref = ((_conv_reference(x, w, stride, pad) * 3) >> 9).astype(np.int8)
+    np.testing.assert_array_equal(_run([data, weight, _requantize(acc)], [x, w], ref.shape, "int8"), ref)
