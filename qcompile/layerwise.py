@@ -12,12 +12,12 @@ from qcompile.config import BuildConfig
 from qcompile.data import Dataset
 from qcompile.metrics import ratio_db
 from qcompile.model import OnnxModel
-from qcompile.passes.realize import Calibration, RealizeIntegerOps
+from qcompile.passes.realize import RealizeIntegerOps
 from qcompile.runtime import Artifact
 
 
 def per_layer_sqnr(artifact: Artifact, model: OnnxModel, data: Dataset, limit: int = 16) -> list[dict]:
-    from qcompile.pipeline import annotate_stage, canonicalize_stage
+    from qcompile.pipeline import annotate_stage, calibration_of, canonicalize_stage
     from qcompile.targets import TARGETS
 
     config = BuildConfig.from_json(artifact.manifest["quantization"]["config"])
@@ -28,7 +28,7 @@ def per_layer_sqnr(artifact: Artifact, model: OnnxModel, data: Dataset, limit: i
     names = tuple(op.output for op in plan.ops)
     n_out = len(model.outputs)
     float_vm = compile_host(expose(canon.mod, names))
-    realize = RealizeIntegerOps(plan, Calibration(qparams, config.bias_correction, rounding), names)
+    realize = RealizeIntegerOps(plan, calibration_of(qparams, config, rounding), names)
     int_vm = compile_host(realize(canon.mod))
     inputs = [s.name for s in model.inputs]
     signal = np.zeros(len(names))

@@ -202,6 +202,7 @@ def realize_stage(
 
 
 def calibration_of(qparams: dict[str, QParams], config: BuildConfig, rounding: WeightRounding | None) -> Calibration:
+    """What realize takes from this build's calibration (its --bias-correction setting included)."""
     return Calibration(qparams, config.bias_correction, rounding)
 
 

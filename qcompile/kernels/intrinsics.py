@@ -126,6 +126,7 @@ def _quad(d: DotIntrinsic):
 # int16 lanes and zeroing the high halves (mask bytes with the top bit set): little-endian bytes
 # [2j, 0x80, 2j+1, 0x80], i.e. 0x80018000 + j * 0x00020002 (as int32).
 _PAIR_MASK, _PAIR_MASK_STEP = -0x7FFE8000, 0x00020002
+_PSHUFB = {8: "llvm.x86.avx2.pshuf.b", 16: "llvm.x86.avx512.pshuf.b.512"}  # by the pairs forms' lane widths
 
 
 def _zero_extended_pair(a, j, lanes: int):
@@ -134,7 +135,7 @@ def _zero_extended_pair(a, j, lanes: int):
     word = T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), lanes)
     mask = T.broadcast(T.int32(_PAIR_MASK + j * _PAIR_MASK_STEP), lanes)
     shuffled = T.call_llvm_pure_intrin(
-        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pshuf.b" if lanes == 8 else "llvm.x86.avx512.pshuf.b.512"),
+        T.llvm_lookup_intrinsic_id(_PSHUFB[lanes]),
         T.reinterpret(word, dtype=f"int8x{lanes * 4}"),
         T.reinterpret(mask, dtype=f"int8x{lanes * 4}"),
         dtype=f"int8x{lanes * 4}",
