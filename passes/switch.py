@@ -7,15 +7,22 @@ costs a few seconds per configuration.
 Which ops are integer in a configuration is what annotate says for it (qcompile.mixed sets the flags
 from the plan of each configuration). Each switched op computes both paths from the same input: the
 integer path exactly as realize emits it (quantize at the input site, integer op, requantize to the
-output site), dequantized, and the float path (the original bindings); `where(flags[i] > 0, integer,
-float)` picks one. Its readers quantize the picked value again with the output site's parameters, which
-gives back the very integers the integer path produced (|q| <= 32767: the float32 round trip is exact),
-so the module computes what that configuration's library computes. It differs from the real build only
-where realize would skip the 8-bit output rounding of an integer layer read only by float layers (the
-search verifies its final choice with a real build).
+output site), dequantized, and the float path (the original bindings); flags[i] picks one (0 float,
+1 integer). Its readers quantize the picked value again with the output site's parameters, which gives
+back the very integers the integer path produced (|q| <= 32767: the float32 round trip is exact), so
+the module computes what that configuration's library computes. A conv/matmul that only float ops read
+in a configuration skips its 8-bit output rounding in the real build (its accumulator is dequantized
+directly): flag 2 picks that third path. The one remaining difference: a tensor that is an integer
+alias of another in the all-integer plan (a max-pool's output) but gets its own site in a
+configuration (the pool turned float) is quantized here with the aliased site's parameters and gets
+no bias correction from it, whereas the real build calibrates it (the search verifies its final
+choice with a real build). The direct path repeats the integer conv/matmul; common-subexpression
+elimination leaves one copy.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import tvm
 from tvm import relax
@@ -25,6 +32,7 @@ from qcompile.passes.realize import Calibration, _Realizer
 from qcompile.passes.rewrite import Env, copy_binding, main_bindings, operands, replay
 from qcompile.passes.rules import OP_RULES, QTensor
 from qcompile.passes.rules.emit import dequantize
+from qcompile.passes.rules.linear import LinearRule
 
 FLAGS = "layer_flags"
 
@@ -48,19 +56,22 @@ class _Switcher(_Realizer):
                     self.floated(var)
             copy_binding(bb, env, b, f"{b.var.name}_f")
         as_float = env.pop(out_var)
-        result = OP_RULES.get(plan.rule).realize(self, binding, plan)
+        rule = OP_RULES.get(plan.rule)
+        result = rule.realize(self, binding, plan)
         if isinstance(result, QTensor):
             result = dequantize(bb, result.expr, result.qparams, f"{plan.output}_i")
-        index = relax.const(self.index[plan.var], "int32")
-        picked = bb.emit(
-            relax.op.greater(relax.op.take(self.flags, index, axis=0, mode="clip"), relax.const(0, "int32"))
-        )
-        env[out_var] = bb.emit(relax.op.where(picked, result, as_float), plan.output)
+        flag = bb.emit(relax.op.take(self.flags, relax.const(self.index[plan.var], "int32"), axis=0, mode="clip"))
+        choice = relax.op.where(relax.op.greater(flag, relax.const(0, "int32")), result, as_float)
+        if isinstance(rule, LinearRule) and not plan.float_output:
+            direct = rule.realize(self, binding, replace(plan, float_output=True))
+            choice = relax.op.where(relax.op.equal(flag, relax.const(2, "int32")), direct, bb.emit(choice))
+        env[out_var] = bb.emit(choice, plan.output)
 
 
 @tvm.transform.module_pass(opt_level=0, name="PrecisionSwitch")
 class PrecisionSwitch:
-    """`main(inputs..., layer_flags: int32[len(plan.ops)])`: plan.ops[i] integer where layer_flags[i] > 0."""
+    """`main(inputs..., layer_flags: int32[len(plan.ops)])`: plan.ops[i] float where layer_flags[i] is 0,
+    integer where it is 1, integer with its accumulator dequantized directly (no output rounding) where 2."""
 
     def __init__(self, plan: QuantPlan, calibration: Calibration) -> None:
         self.plan = plan
@@ -71,4 +82,5 @@ class PrecisionSwitch:
         flags = relax.Var(FLAGS, relax.TensorType((len(self.plan.ops),), "int32"))
         switcher = _Switcher(self.plan, self.calibration, bindings, flags=flags)
         out = replay(mod, switcher.step, finish=switcher.finish, extra_params=[flags])
+        out = relax.transform.EliminateCommonSubexpr()(out)  # the direct path's repeated conv/matmul
         return relax.transform.DeadCodeElimination()(out)

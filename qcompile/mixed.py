@@ -113,8 +113,9 @@ class Switchable:
         self.reference = self._run(self.float_vm, [])
 
     def flags(self, float_layers: set[str]) -> np.ndarray:
-        integer = {op.var for op in self.plan_for(frozenset(float_layers)).ops}
-        return np.array([1 if var in integer else 0 for var in self.ops], dtype=np.int32)
+        """PrecisionSwitch's flags: 0 float, 1 integer, 2 integer read by float ops only (no output rounding)."""
+        integer = {op.var: 2 if op.float_output else 1 for op in self.plan_for(frozenset(float_layers)).ops}
+        return np.array([integer.get(var, 0) for var in self.ops], dtype=np.int32)
 
     def run(self, float_layers: set[str], limit: int | None = None) -> np.ndarray:
         """The first model output over the data (samples stacked) with `float_layers` float."""
