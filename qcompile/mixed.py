@@ -17,7 +17,7 @@ import tvm
 from qcompile.calibration.collect import compile_host, run_vm
 from qcompile.data import Dataset
 from qcompile.errors import InputError
-from qcompile.metrics import classification_metrics, ratio_db
+from qcompile.metrics import classification_metrics, ratio_db, topk
 from qcompile.passes.plan import QuantPlan
 from qcompile.passes.realize import Calibration
 from qcompile.passes.rewrite import main_bindings, op_name
@@ -77,6 +77,22 @@ class Budget:
         v = self.value(m)
         return v >= self.min_sqnr if self.min_sqnr is not None else v <= float(self.max_top1_drop)  # type: ignore
 
+    def misses(self, ref: np.ndarray, out: np.ndarray, labels: np.ndarray | None) -> int:
+        """What a top-1 budget counts against on these samples: disagreements with fp32, or with labels
+        the fp32-correct minus the integer-correct."""
+        r, o = topk(ref, 1)[:, 0], topk(out, 1)[:, 0]
+        if self.labels:
+            return int(np.sum(r == labels) - np.sum(o == labels))
+        return int(np.sum(r != o))
+
+    def hopeless(self, misses: int, seen: int, total: int) -> bool:
+        """Whether `misses` in the first `seen` of `total` samples already break a top-1 budget, however
+        the other samples turn out (with labels each could win one back)."""
+        if self.max_top1_drop is None:
+            return False
+        best_case = misses - (total - seen if self.labels else 0)
+        return 100.0 * best_case / total > self.max_top1_drop + 1e-9
+
     def describe(self) -> str:
         if self.min_sqnr is not None:
             return f"output SQNR >= {self.min_sqnr} dB"
@@ -124,13 +140,33 @@ class Switchable:
     def _run(self, vm, extra: list, limit: int | None = None) -> np.ndarray:
         return np.concatenate([run_vm(vm, b, self.input_names, extra)[0] for b in self.data.batches(limit)])
 
-    def metrics(self, float_layers: set[str], limit: int | None = None) -> dict:
-        out = self.run(float_layers, limit)
+    def metrics(self, float_layers: set[str], limit: int | None = None, budget: Budget | None = None) -> dict:
+        """Output metrics of a configuration against fp32. With a top-1 `budget`, the run stops as soon as
+        the budget is certainly missed ("stopped_after": samples seen; the metrics are of those)."""
+        flags = self.flags(float_layers)
+        total = len(self.reference) if limit is None else min(limit, len(self.reference))
+        if not flags.any():  # every op float: the float model itself (tested bit for bit)
+            return self._metrics(self.reference[:total], {})
+        args = [tvm.runtime.tensor(flags)]
+        outs: list[np.ndarray] = []
+        seen = misses = 0
+        for batch in self.data.batches(limit):
+            out = run_vm(self.vm, batch, self.input_names, args)[0]
+            outs.append(out)
+            if budget is not None and out.ndim == 2:
+                labels = None if self.data.labels is None else self.data.labels[seen : seen + len(out)]
+                misses += budget.misses(self.reference[seen : seen + len(out)], out, labels)
+                seen += len(out)
+                if seen < total and budget.hopeless(misses, seen, total):
+                    return self._metrics(np.concatenate(outs), {"stopped_after": seen})
+        return self._metrics(np.concatenate(outs), {})
+
+    def _metrics(self, out: np.ndarray, extra: dict) -> dict:
         ref = self.reference[: len(out)]
         ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
         noise = float(np.sum((ref64 - out64) ** 2))
         sqnr = ratio_db(float(np.sum(ref64**2)), noise)
-        m: dict = {"sqnr_db": round(min(sqnr, MAX_SQNR_DB), 3), "noise": noise}  # capped: JSON has no inf
+        m: dict = {"sqnr_db": round(min(sqnr, MAX_SQNR_DB), 3), "noise": noise, **extra}  # capped: no inf in JSON
         if out.ndim == 2 and out.shape[1] > 1:
             labels = None if self.data.labels is None else self.data.labels[: len(out)]
             m.update(classification_metrics(ref, out, labels))
@@ -214,13 +250,15 @@ def search(
     evaluated: list[dict] = []
 
     def evaluate(float_layers: set[str], note: str) -> dict:
-        m = sw.metrics(float_layers)
-        value, met = budget.value(m), budget.met(m)
-        seconds = round(time.perf_counter() - started, 1)
-        evaluated.append(
-            {"float_layers": len(float_layers), "note": note, "value": round(value, 4), "met": met, "seconds": seconds}
-        )
-        log(f"  {note}: {len(float_layers)} float layers -> {value:.3f} ({'met' if met else 'not met'})")
+        m = sw.metrics(float_layers, budget=budget)
+        stopped = m.get("stopped_after")
+        value, met = budget.value(m), budget.met(m) and stopped is None
+        row = {"float_layers": len(float_layers), "note": note, "value": round(value, 4), "met": met}
+        if stopped is not None:
+            row["stopped_after"] = stopped  # the value is of those samples
+        evaluated.append({**row, "seconds": round(time.perf_counter() - started, 1)})
+        how = "met" if met else f"not met after {stopped} samples" if stopped else "not met"
+        log(f"  {note}: {len(float_layers)} float layers -> {value:.3f} ({how})")
         return m
 
     def out_of_time() -> bool:

@@ -25,5 +25,5 @@ def test_search_beats_plain_int8_on_held_out_views(tmp_path, efficientnet):
     assert verified["met"] and verified["sqnr_db"] >= 27.5 > plain["value"], verified
     layers = json.loads((out / "plan.json").read_text())["layer_precision"]
     int8 = sum(p == "int8" for p in layers.values())
-    assert int8 >= 0.6 * len(layers), layers  # the budget needs a few float layers, not most of them
+    assert int8 >= 0.9 * len(layers), layers  # the budget needs a few float layers, not many
     assert set(report["float_layers"]) == {k for k, p in layers.items() if p == "fp32"}

@@ -10,7 +10,7 @@ import pytest
 from qcompile.calibration.collect import compile_host, run_vm
 from qcompile.config import BuildConfig
 from qcompile.data import load_data
-from qcompile.mixed import Switchable, layer_costs, sensitivity
+from qcompile.mixed import Budget, Switchable, layer_costs, sensitivity
 from qcompile.passes.realize import Calibration
 from qcompile.pipeline import annotate_stage, calibrate_stage, canonicalize_stage, load_stage, planner, realize_stage
 from qcompile.targets import TARGETS
@@ -82,3 +82,22 @@ def test_sensitivity_ranks_every_layer_with_measured_effects(switchable):
     assert all(r["int8_sqnr_db"] > base for r in rows)
     assert rows[0]["float_noise_removed"] > 0 and rows[0]["float_sqnr_db"] > base
     assert abs(sum(r["macs_share"] for r in rows) - 1.0) < 1e-3
+
+
+def test_a_top1_budget_stops_the_run_once_it_is_certainly_missed(switchable):
+    sw, *_ = switchable
+    full = sw.metrics(set())
+    assert full["top1_agreement"] < 100.0, "all-integer agrees everywhere: nothing to stop on"
+    strict = Budget(max_top1_drop=0.0)
+    early = sw.metrics(set(), budget=strict)
+    assert early["stopped_after"] < len(sw.reference) and not strict.met(full)
+    generous = Budget(max_top1_drop=50.0)
+    assert sw.metrics(set(), budget=generous) == full  # never hopeless: the whole set, same metrics
+
+
+def test_hopeless_counts_what_the_remaining_samples_could_still_change():
+    agreement = Budget(max_top1_drop=1.0)  # 500 samples: 5 disagreements allowed
+    assert agreement.hopeless(6, 100, 500) and not agreement.hopeless(5, 100, 500)
+    labels = Budget(max_top1_drop=1.0, labels=True)  # each unseen sample could win one back
+    assert not labels.hopeless(6, 499, 500) and labels.hopeless(7, 499, 500)
+    assert not Budget(min_sqnr=30.0).hopeless(500, 500, 500)
