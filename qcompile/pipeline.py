@@ -175,8 +175,10 @@ def calibrate_stage(
 
 
 def layer_input_moments(canon: Canonical, plan: QuantPlan) -> dict[str, tuple[str, InputMoments]]:
-    """op -> (its input tensor, empty second-moment statistics) for every planned conv/matmul layer."""
-    from qcompile.passes.rewrite import main_bindings
+    """op -> (its input tensor, empty second-moment statistics) for every planned conv/matmul layer
+    small enough for GPTQ rounding (rounding.MAX_WEIGHTS)."""
+    from qcompile.calibration.rounding import MAX_WEIGHTS
+    from qcompile.passes.rewrite import const_value, main_bindings
     from qcompile.passes.rules import OP_RULES
     from qcompile.passes.rules.linear import LinearRule
 
@@ -184,7 +186,7 @@ def layer_input_moments(canon: Canonical, plan: QuantPlan) -> dict[str, tuple[st
     moments = {}
     for op in plan.ops:
         rule = OP_RULES.get(op.rule)
-        if isinstance(rule, LinearRule):
+        if isinstance(rule, LinearRule) and const_value(calls[op.var].args[1]).size <= MAX_WEIGHTS:
             moments[op.var] = (op.inputs[0], InputMoments(rule.geometry(calls[op.var])))
     return moments
 
