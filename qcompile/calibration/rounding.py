@@ -5,12 +5,8 @@ error is (W - Wq) x, and natural-image inputs are strongly correlated (neighbour
 errors of one sign on correlated inputs add up. GPTQ rounds one input column at a time and pushes each
 column's rounding error onto the columns not yet rounded, through the inverse of the input's second
 moment H = E[x x^T] (the output error's Hessian), so the errors cancel on the inputs the layer really
-sees. Columns go in decreasing order of their input's energy (H's diagonal, GPTQ's "act order"), so
-the columns that matter most are rounded while many others remain to absorb their error. Measured on
-EfficientNet-Lite0 (weights-only int8, per-channel scales kept): logits SQNR 19.1 dB with nearest
-rounding, 29.2 dB with GPTQ; with int16 activations (weights the main error), 30.5 dB with GPTQ on
-the layers under 200k weights in input order, 31.3 dB in act order (32.4 dB with every layer, see
-MAX_WEIGHTS). No training: one calibration pass collects H per layer.
+sees. Measured on EfficientNet-Lite0 (weights-only int8, per-channel scales kept): logits SQNR 19.1 dB
+with nearest rounding, 29.2 dB with GPTQ. No training: one calibration pass collects H per layer.
 
 The statistics come from the float model's layer inputs (the calibration pass already runs it); the
 scales stay the nearest-rounding per-channel scales, so only the integers change.
@@ -26,9 +22,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 DAMP = 0.01  # added to H's diagonal, relative to its mean: measured best of 0.001 / 0.01 / 0.1
 MAX_PATCH_BYTES = 256 << 20  # per image; a layer whose patches are larger keeps nearest rounding
 # Layers with more weights keep nearest rounding: the artifact stores each GPTQ layer's offsets
-# (rounding.npz). On EfficientNet-Lite0 the 10 largest layers hold 80% of the weights; rounding them too
-# gains 0.45 dB (int8, 26.2 -> 26.7 dB) but makes rounding.npz 0.67 MB instead of 0.14 MB, which takes
-# the artifact over 30% of the fp32 weights (its offsets are ~0.44 MB even at their order-0 entropy).
+# (rounding.npz), and on EfficientNet-Lite0 the 10 largest layers hold 80% of the weights but add
+# little output error (each alone >= 33 dB), so this keeps rounding.npz ~0.1 MB instead of ~0.6 MB.
 MAX_WEIGHTS = 200_000
 
 
@@ -99,28 +94,10 @@ def nearest(rows: np.ndarray, scale: np.ndarray, qmax: int) -> np.ndarray:
     return np.clip(np.round(rows / scale[:, None]), -qmax, qmax)
 
 
-def gptq(
-    rows: np.ndarray, scale: np.ndarray, groups: np.ndarray, hessian: np.ndarray, qmax: int, act_order: bool = True
-) -> np.ndarray:
+def gptq(rows: np.ndarray, scale: np.ndarray, groups: np.ndarray, hessian: np.ndarray, qmax: int) -> np.ndarray:
     """Integer rows (R x D) for float `rows` with per-row `scale`; row r reads input group groups[r],
-    whose second moment is hessian[groups[r]] (G x D x D). With `act_order`, each group's columns are
-    rounded in decreasing order of H's diagonal, otherwise left to right."""
-    if not act_order:
-        return _gptq_in_order(rows, scale, groups, hessian, qmax)
-    order = np.argsort(-np.einsum("gii->gi", hessian), axis=1, kind="stable")  # G x D
-    h = np.take_along_axis(np.take_along_axis(hessian, order[:, :, None], axis=1), order[:, None, :], axis=2)
-    row_order = np.broadcast_to(order[0], rows.shape) if hessian.shape[0] == 1 else order[groups]
-    q = _gptq_in_order(np.take_along_axis(rows, row_order, axis=1), scale, groups, h, qmax)
-    out = np.empty_like(q)
-    np.put_along_axis(out, row_order, q, axis=1)
-    return out
-
-
-def _gptq_in_order(
-    rows: np.ndarray, scale: np.ndarray, groups: np.ndarray, hessian: np.ndarray, qmax: int
-) -> np.ndarray:
-    """GPTQ with the columns in the order given: each column's rounding error is spread over the columns
-    to its right by the upper Cholesky factor of H^-1."""
+    whose second moment is hessian[groups[r]] (G x D x D). Columns are rounded left to right, each
+    error spread over the columns to its right by the upper Cholesky factor of H^-1."""
     w = rows.astype(np.float64, copy=True)
     h = hessian.astype(np.float64, copy=True)
     d = h.shape[-1]

@@ -78,33 +78,6 @@ def test_gptq_halves_output_error_on_correlated_inputs():
     assert output_error(q_gptq) < 0.5 * output_error(q_near), (output_error(q_gptq), output_error(q_near))
 
 
-def test_act_order_rounds_the_high_energy_columns_first():
-    """Inputs whose energy grows left to right: in input order the most important column is rounded
-    last, with no column left to absorb its error; act order rounds it first. Per group, the order is
-    that group's own: a group reading the mirrored input gets the mirrored integers."""
-    rng = np.random.default_rng(3)
-    x = np.cumsum(rng.normal(size=(4000, 27)), axis=1)  # column variance grows with its index
-    w = rng.normal(size=(16, 27))
-    scale = np.abs(w).max(axis=1) / 127
-    stats = InputMoments(Geometry("matmul"))
-    stats.update(x)
-    h = stats.hessian()
-    shared = np.zeros(16, dtype=np.int64)
-
-    def output_error(q):
-        return float(np.mean((x @ (w - q * scale[:, None]).T) ** 2))
-
-    in_order = output_error(gptq(w, scale, shared, h, 127, act_order=False))
-    act_order = output_error(gptq(w, scale, shared, h, 127))
-    assert act_order < 0.8 * in_order, (act_order, in_order)
-
-    both = np.concatenate([w, w[:, ::-1]])  # group 1: the same layer on the mirrored input
-    groups = np.repeat([0, 1], 16)
-    q = gptq(both, np.tile(scale, 2), groups, np.concatenate([h, h[:, ::-1, ::-1]]), 127)
-    np.testing.assert_array_equal(q[16:], q[:16, ::-1])
-    np.testing.assert_array_equal(q[:16], gptq(w, scale, shared, h, 127))
-
-
 def test_offsets_replay_exactly_and_nearest_ignores_statistics():
     rng = np.random.default_rng(2)
     w = rng.normal(size=(6, 9))
