@@ -8,7 +8,7 @@ compile. The reference is the float model compiled by TVM for this host."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,7 +138,12 @@ class Switchable:
         return self._run(self.vm, [tvm.runtime.tensor(self.flags(float_layers))], limit)
 
     def _run(self, vm, extra: list, limit: int | None = None) -> np.ndarray:
-        return np.concatenate([run_vm(vm, b, self.input_names, extra)[0] for b in self.data.batches(limit)])
+        return np.concatenate(list(self._outputs(vm, extra, limit)))
+
+    def _outputs(self, vm, extra: list, limit: int | None = None) -> Iterator[np.ndarray]:
+        """The first model output of each batch, in order."""
+        for batch in self.data.batches(limit):
+            yield run_vm(vm, batch, self.input_names, extra)[0]
 
     def metrics(self, float_layers: set[str], limit: int | None = None, budget: Budget | None = None) -> dict:
         """Output metrics of a configuration against fp32. With a top-1 `budget`, the run stops as soon as
@@ -147,11 +152,9 @@ class Switchable:
         total = len(self.reference) if limit is None else min(limit, len(self.reference))
         if not flags.any():  # every op float: the float model itself (tested bit for bit)
             return self._metrics(self.reference[:total], {})
-        args = [tvm.runtime.tensor(flags)]
         outs: list[np.ndarray] = []
         seen = misses = 0
-        for batch in self.data.batches(limit):
-            out = run_vm(self.vm, batch, self.input_names, args)[0]
+        for out in self._outputs(self.vm, [tvm.runtime.tensor(flags)], limit):
             outs.append(out)
             if budget is not None and out.ndim == 2:
                 labels = None if self.data.labels is None else self.data.labels[seen : seen + len(out)]
