@@ -44,8 +44,9 @@ INTRINSICS = {
     for d in (
         DotIntrinsic("qcompile.x86.avx2.dot_u8s8_8x4", 8, "pairs", "llvm.x86.avx2.pmadd.wd"),
         DotIntrinsic("qcompile.x86.avx512.dot_u8s8_16x4", 16, "pairs", "llvm.x86.avx512.pmaddw.d.512"),
-        DotIntrinsic("qcompile.x86.vnni.dot_u8s8_16x4", 16, "quad", "llvm.x86.avx512.vpdpbusd.512"),
-        DotIntrinsic("qcompile.x86.vnni.dot_u8s8_8x4", 8, "quad", "llvm.x86.avx512.vpdpbusd.256"),
+        # LLVM 21+ types vpdpbusd's operands as byte vectors (v64i8 / v32i8), as aarch64 usdot.
+        DotIntrinsic("qcompile.x86.vnni.dot_u8s8_16x4", 16, "quad", "llvm.x86.avx512.vpdpbusd.512", True),
+        DotIntrinsic("qcompile.x86.vnni.dot_u8s8_8x4", 8, "quad", "llvm.x86.avx512.vpdpbusd.256", True),
         # aarch64 Armv8.6-A i8mm: usdot v4i32 += u8x16 . s8x16, four products per lane.
         DotIntrinsic("qcompile.arm.i8mm.dot_u8s8_4x4", 4, "quad", "llvm.aarch64.neon.usdot", byte_operands=True),
         # aarch64 Armv8.2-A dotprod: sdot v4i32 += s8x16 . s8x16, with the u8 activations re-centred.
@@ -72,8 +73,9 @@ def _quad(d: DotIntrinsic):
                     vi, vk = T.axis.remap("SR", [i, k])
                     c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
 
-    # The operands as the LLVM intrinsic types them: x86 vpdpbusd takes int32 vectors (the 4 activation
-    # bytes broadcast as one int32), aarch64 usdot byte vectors (v16i8 u8, v16i8 s8).
+    # The operands as the LLVM intrinsic types them: the 4 activation bytes broadcast as one int32 per
+    # lane, reinterpreted as bytes where the intrinsic takes byte vectors (x86 vpdpbusd under LLVM 21+,
+    # aarch64 usdot: v16i8 u8, v16i8 s8).
     # sdot multiplies signed bytes only: it gets a - 128 (the top bit of each byte flipped, exact in
     # int8) and the sum is corrected by 128 * sum(b), i.e. minus a second sdot of -128 with b. Exact,
     # two instructions per 16 products.

@@ -1,5 +1,6 @@
-"""qcompile's own CPU kernels, one at a time: each int8 compute, scheduled by its default template for the
-x86 (AVX2) target and compiled, must equal a numpy integer reference bit for bit. The end-to-end tests
+"""qcompile's own CPU kernels, one at a time: each int8 compute, scheduled by its default template for an
+x86 target and compiled, must equal a numpy integer reference bit for bit: the `pairs` form on the AVX2
+preset, and the `quad` form (vpdpbusd) on the VNNI preset where this CPU has VNNI. The end-to-end tests
 cover the kernels only as the real models use them (always with a requantize epilogue); these also reach
 the shapes and template paths the models do not (no epilogue, stride 2 without padding, dense)."""
 
@@ -11,7 +12,7 @@ import tvm
 from tvm import te
 
 from qcompile.kernels import compute, templates
-from qcompile.passes.pack_kernels import dot4_dense_weight, pairs_conv_weight
+from qcompile.passes.pack_kernels import dot4_conv_weight, dot4_dense_weight, pairs_conv_weight
 from qcompile.runtime import host_cpu_flags
 from qcompile.targets import TARGETS
 
@@ -19,15 +20,34 @@ X86 = TARGETS.get("x86")
 LANES = 8  # the AVX2 pairs intrinsic's output channels per instruction
 PAD_VALUE = 3  # an activation zero point: padding must read it, not 0
 
+
+def _preset(name: str):
+    spec = TARGETS.get(name)
+    missing = set(spec.cpu_flags) - host_cpu_flags()
+    mark = pytest.mark.skipif(bool(host_cpu_flags()) and bool(missing), reason=f"{name} needs {sorted(missing)}")
+    return pytest.param(name, marks=mark, id=name)
+
+
+# (preset, dot form): the AVX2 default runs everywhere CI runs; VNNI where the CPU has it
+FORMS = [_preset("x86"), _preset("x86-vnni")]
 pytestmark = pytest.mark.skipif(
     bool(host_cpu_flags()) and not set(X86.cpu_flags) <= host_cpu_flags(), reason="the x86 preset needs AVX2 + FMA"
 )
 
 
-def _run(tensors: list[te.Tensor], args: list[np.ndarray], out_shape, out_dtype: str) -> np.ndarray:
-    func = templates.schedule_func(te.create_prim_func(tensors), X86.kernels)
+def _form(preset: str) -> str:
+    return "quad" if "vnni" in preset else "pairs"
+
+
+def _conv_weight(w: np.ndarray, preset: str) -> np.ndarray:
+    return dot4_conv_weight(w) if _form(preset) == "quad" else pairs_conv_weight(w, LANES)
+
+
+def _run(tensors, args, out_shape, out_dtype: str, preset: str = "x86") -> np.ndarray:
+    spec = TARGETS.get(preset)
+    func = templates.schedule_func(te.create_prim_func(tensors), spec.kernels)
     assert func is not None, "no default template applied"
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=X86.tvm()).mod
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=spec.tvm()).mod
     out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype))
     lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
     return out.numpy()
@@ -52,6 +72,7 @@ def _conv_reference(x, w, stride, pad):
     return out
 
 
+@pytest.mark.parametrize("preset", FORMS)
 @pytest.mark.parametrize(
     ("size", "channels", "out_channels", "kernel", "stride", "epilogue"),
     [
@@ -60,34 +81,37 @@ def _conv_reference(x, w, stride, pad):
         (6, 16, 8, 3, 1, False),  # no epilogue: the accumulators are written back per tile
     ],
 )
-def test_pairs_conv_is_exact(size, channels, out_channels, kernel, stride, epilogue):
+def test_dot_conv_is_exact(preset, size, channels, out_channels, kernel, stride, epilogue):
     rng = np.random.default_rng(size)
     x = rng.integers(0, 256, (1, size, size, channels)).astype("uint8")
     w = rng.integers(-127, 128, (kernel, kernel, channels, out_channels)).astype("int8")
     pad = kernel // 2
+    packed = _conv_weight(w, preset)
     data = te.placeholder(x.shape, "uint8", name="data")
-    weight = te.placeholder(pairs_conv_weight(w, LANES).shape, "int8", name="weight")
-    acc = compute.conv2d_nhwc(data, weight, (stride, stride), (pad,) * 4, (1, 1), PAD_VALUE, "int32", "pairs")
+    weight = te.placeholder(packed.shape, "int8", name="weight")
+    acc = compute.conv2d_nhwc(data, weight, (stride, stride), (pad,) * 4, (1, 1), PAD_VALUE, "int32", _form(preset))
     out = _requantize(acc) if epilogue else acc
     ref = _conv_reference(x, w, stride, pad)
     ref = ((ref * 3) >> 9).astype(np.int8) if epilogue else ref.astype(np.int32)
-    got = _run([data, weight, out], [x, pairs_conv_weight(w, LANES)], ref.shape, str(ref.dtype))
+    got = _run([data, weight, out], [x, packed], ref.shape, str(ref.dtype), preset)
     np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("preset", FORMS)
 @pytest.mark.parametrize("epilogue", [True, False])
-def test_pairs_dense_is_exact(epilogue):
+def test_dot_dense_is_exact(preset, epilogue):
     rng = np.random.default_rng(7)
     x = rng.integers(0, 256, (2, 96)).astype("uint8")
-    w = rng.integers(-127, 128, (96, 40)).astype("int8")
-    packed = dot4_dense_weight(w, "pairs", LANES)
+    w = rng.integers(-127, 128, (96, 48)).astype("int8")
+    packed = dot4_dense_weight(w, _form(preset), LANES)
     data = te.placeholder(x.shape, "uint8", name="data")
     weight = te.placeholder(packed.shape, "int8", name="weight")
-    acc = compute.dense(data, weight, "int32", "pairs")
+    acc = compute.dense(data, weight, "int32", _form(preset))
     out = _requantize(acc) if epilogue else acc
     ref = x.astype(np.int64) @ w.astype(np.int64)
     ref = ((ref * 3) >> 9).astype(np.int8) if epilogue else ref.astype(np.int32)
-    np.testing.assert_array_equal(_run([data, weight, out], [x, packed], ref.shape, str(ref.dtype)), ref)
+    got = _run([data, weight, out], [x, packed], ref.shape, str(ref.dtype), preset)
+    np.testing.assert_array_equal(got, ref)
 
 
 @pytest.mark.parametrize(("size", "channels", "kernel", "stride"), [(14, 48, 5, 1), (15, 24, 3, 2)])
