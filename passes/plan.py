@@ -63,6 +63,7 @@ class OpPlan:
     bias: str | None = None
     clamp: tuple[float, float] | None = None
     float_output: bool = False  # only float ops read the result: dequantize the accumulator directly
+    activation: str | None = None  # a float activation computed between the accumulator and the output
 
     def __post_init__(self) -> None:
         if not self.inputs:

@@ -12,8 +12,8 @@ from qcompile.calibration.rounding import Geometry
 from qcompile.passes.plan import OpPlan
 from qcompile.passes.rewrite import const_value, is_const, op_name
 from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext, op_rule
-from qcompile.passes.rules.chain import follow_chain
-from qcompile.passes.rules.emit import channel_shape, clamp_bounds, int_const, requantize
+from qcompile.passes.rules.chain import apply_activation, follow_chain
+from qcompile.passes.rules.emit import channel_shape, clamp_bounds, int_const, quantize, requantize
 from qcompile.passes.rules.fixed_point import bits_needed
 
 WEIGHT_QMAX = 127
@@ -77,7 +77,7 @@ class LinearRule:
             ctx.float_layers.append(layer)
             return None
         channels = self.channels(binding)
-        chain = follow_chain(ctx, binding.var, bias_ok=lambda a: a.size in (1, channels))
+        chain = follow_chain(ctx, binding.var, bias_ok=lambda a: a.size in (1, channels), float_activation=True)
         ctx.need_site(data, ctx.layer_act.get(layer))
         ctx.produce(chain.output.name)
         return OpPlan(
@@ -89,6 +89,7 @@ class LinearRule:
             fused=chain.fused,
             bias=chain.bias,
             clamp=chain.clamp,
+            activation=chain.activation,
         )
 
     def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> QTensor | relax.Expr:
@@ -120,6 +121,9 @@ class LinearRule:
         if plan.float_output:
             return _dequantize_accumulator(ctx, acc, acc_scale, ndim, axis, plan)
         out_qp = ctx.qparams(plan.output)
+        if plan.activation is not None:  # dequantize, activate in float, quantize once
+            y = _dequantize_accumulator(ctx, acc, acc_scale, ndim, axis, plan, f"{plan.output}_f")
+            return QTensor(quantize(ctx.bb, y, out_qp, plan.output), out_qp)
         x_span = max(abs(x.qparams.qmin - x.qparams.zero_point), abs(x.qparams.qmax - x.qparams.zero_point))
         w_l1 = np.abs(wide).sum(axis=reduce).max()
         acc_bits = bits_needed(float(x_span) * float(w_l1) + float(np.abs(total).max()))
@@ -137,13 +141,20 @@ class LinearRule:
         return QTensor(y, out_qp)
 
 
-def _dequantize_accumulator(ctx, acc, acc_scale: np.ndarray, ndim: int, axis: int, plan: OpPlan) -> relax.Expr:
-    """real = acc * (s_x * s_w[c]), then the fused activation in float."""
+def _dequantize_accumulator(
+    ctx, acc, acc_scale: np.ndarray, ndim: int, axis: int, plan: OpPlan, name: str | None = None
+) -> relax.Expr:
+    """real = acc * (s_x * s_w[c]), then the fused activation in float (the result named `name`, by
+    default the plan's output)."""
+    name = name or plan.output
     y = ctx.emit(relax.op.astype(acc, "float32"))
     scale = relax.const(channel_shape(acc_scale.astype(np.float32), ndim, axis), "float32")
-    y = ctx.emit(relax.op.multiply(y, scale), None if plan.clamp else plan.output)
+    last = plan.clamp is None and plan.activation is None
+    y = ctx.emit(relax.op.multiply(y, scale), name if last else None)
     if plan.clamp is not None:
-        y = ctx.emit(relax.op.clip(y, float(plan.clamp[0]), float(plan.clamp[1])), plan.output)
+        y = ctx.emit(relax.op.clip(y, float(plan.clamp[0]), float(plan.clamp[1])), name)
+    if plan.activation is not None:
+        y = apply_activation(ctx.bb, y, plan.activation, name)
     return y
 
 
