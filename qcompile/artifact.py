@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ import numpy as np
 from qcompile import __version__
 from qcompile.config import FLOAT_BITS
 from qcompile.errors import InputError
+from qcompile.manifest import FORMAT, MANIFEST
 
 if TYPE_CHECKING:
     from qcompile.config import BuildConfig
@@ -25,19 +27,66 @@ if TYPE_CHECKING:
     from qcompile.passes.plan import QParams, QuantPlan
     from qcompile.targets import TargetSpec
 
-MANIFEST = "manifest.json"
-FORMAT = "qcompile.artifact/1"
+
+def check_output(output: str | Path, reads: Sequence[str | Path | None] = (), force: bool = False) -> Path:
+    """Fail before any work when writing the artifact folder `output` could destroy something or cannot
+    succeed. The folder is replaced as a whole, so it may not be, or hold, the folder of any file the
+    command reads (`reads`: the model, data, qparams ...), nor lie inside a data folder; an existing
+    folder is replaced only when it is empty or a valid artifact (with `force`: any folder holding a
+    qcompile manifest, e.g. a damaged artifact); and its parent must really take a new directory."""
+    if str(output).strip() == "":
+        raise InputError("-o is empty: name the artifact directory to write")
+    out = Path(os.path.abspath(output))
+    for given in reads:
+        if given is None or str(given) == "":
+            continue
+        path = Path(os.path.abspath(given))
+        folder = path if path.is_dir() else path.parent
+        if out == folder or out in folder.parents:
+            raise InputError(f"-o {output} would replace the folder holding {given}: write the artifact elsewhere")
+        if path.is_dir() and path in out.parents:
+            raise InputError(f"-o {output} lies inside the data folder {given}: write the artifact elsewhere")
+    if out.exists() or out.is_symlink():
+        _check_replaceable(out, output, force)
+    _check_creatable(out, output)
+    return out
 
 
-def check_writable(output: Path) -> None:
-    """Fail before any work when the artifact cannot be written where asked."""
-    if output.exists() and not output.is_dir():
-        raise InputError(f"output {output} exists and is not a directory")
-    parent = output.resolve().parent
+def _check_replaceable(out: Path, given: str | Path, force: bool) -> None:
+    from qcompile.manifest import read_manifest
+
+    if out.is_symlink() or not out.is_dir():
+        raise InputError(f"output {given} exists and is not a directory")
+    entries = list(out.iterdir())
+    if not entries:
+        return
+    if not (out / MANIFEST).is_file():
+        raise InputError(
+            f"output {given} is a folder of {len(entries)} entries that is not a qcompile artifact: qcompile "
+            "replaces only artifact folders, choose another -o"
+        )
+    try:
+        read_manifest(out)
+    except InputError as exc:
+        if not force:
+            raise InputError(f"output {given} holds a damaged qcompile artifact ({exc}); --force replaces it") from None
+
+
+def _check_creatable(out: Path, given: str | Path) -> None:
+    """Create (and remove) a directory where the staging folder will go: permissions, read-only and
+    pseudo file systems (/proc, /sys) all show up here, before the build."""
+    parent = out.parent
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"output directory {output} is not writable (no write permission on {parent})")
+    if not parent.is_dir():
+        raise InputError(f"output {given} is not writable: {parent} is a file, not a directory")
+    try:
+        probe = tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".probe", dir=parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise InputError(
+            f"output {given} cannot be written: {parent} takes no new directory ({exc.strerror})"
+        ) from None
 
 
 def artifact_bytes(folder: Path) -> int:
@@ -106,7 +155,15 @@ def write_artifact(
             "format": FORMAT,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "versions": {"qcompile": __version__, "tvm": tvm.__version__},
-            "model": {"file": model.path.name, "sha256": model.sha256, "opset": model.opset},
+            "model": {
+                "file": model.path.name,
+                "sha256": model.sha256,
+                "opset": model.opset,
+                # the specialised, folded graph compiled here and run by verify as the float reference
+                "prepared_sha256": model.prepared_sha256,
+                "fixed_inputs": model.fixed_inputs_json(),
+                "folding": model.folding,
+            },
             "target": {"name": target.name, "tvm": dict(target.tvm_target), "cpu_flags": list(target.cpu_flags)},
             "library": target.library_name,
             "inputs": [s.to_json() for s in model.inputs],

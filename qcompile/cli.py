@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from qcompile import __version__
@@ -15,12 +17,12 @@ from qcompile.cli_options import add_model_options, config_from_args
 from qcompile.cli_perf import COMMANDS as PERF_COMMANDS
 from qcompile.cli_perf import add_parsers as add_perf_parsers
 from qcompile.config import STAGES
-from qcompile.errors import QCompileError, VerificationFailed
+from qcompile.errors import InputError, QCompileError, VerificationFailed
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
-        self.exit(2, f"qcompile: error: {message} (see --help)\n")
+    def error(self, message: str) -> None:  # type: ignore[override]  # one line, exit 2, like every bad input
+        self.exit(2, f"qcompile: error: {one_line(message)} (see --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +38,17 @@ def _parser() -> argparse.ArgumentParser:
         "-> artifact directory (library, manifest.json, report.json, qparams.json, plan.json).",
     )
     b.add_argument("model", help="float ONNX model file (opset 11 or newer)")
-    b.add_argument("-o", "--output", help="artifact directory to write (replaced atomically if it exists)")
+    b.add_argument(
+        "-o",
+        "--output",
+        help="artifact directory to write; an existing artifact there is replaced atomically, any other "
+        "non-empty folder is refused",
+    )
+    b.add_argument(
+        "--force",
+        action="store_true",
+        help="also replace a damaged artifact folder (one holding a qcompile manifest that no longer checks out)",
+    )
     add_model_options(b)
     b.add_argument(
         "--tuning-db",
@@ -88,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--per-layer", action="store_true", help="add a per-layer SQNR table (which layer broke it?)")
     v.add_argument("--max-samples", type=int, help="evaluate at most this many samples")
+    v.add_argument(
+        "--task",
+        choices=["classify", "detect", "binary"],
+        help="also score the task: classify (top-1/top-5 of the first output), detect (YOLO-style boxes after "
+        "NMS matched to fp32's at IoU 0.5: recall, precision, F1, AP50), binary (p > 0.5 decisions of the "
+        "first output, e.g. voice activity)",
+    )
 
     r = sub.add_parser("run", help="run an artifact on inputs with the TVM runtime only")
     r.add_argument("artifact", help="artifact directory")
@@ -125,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="list a model's ops, shapes and quantizable layers")
     i.add_argument("model", help="ONNX model file")
     i.add_argument("--input-shape", action="append", metavar="NAME:DIMS", help="concrete shape of a dynamic input")
+    i.add_argument("--fix-input", action="append", metavar="NAME=VALUE", help="fold an input in as a constant")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -146,6 +166,7 @@ def _build(args: argparse.Namespace) -> int:
         tuning_db=args.tuning_db,
         require_tuned=args.require_tuned,
         search=search,
+        force=args.force,
     )
     if result.mixed is not None:
         v = result.mixed["verified"]
@@ -191,6 +212,8 @@ def _mixed_search(args: argparse.Namespace):
 def _verify(args: argparse.Namespace) -> int:
     import qcompile as api
 
+    if args.json is not None:
+        check_output_file(args.json, "--json", [args.artifact, args.model, args.data])
     code = 0
     try:
         metrics = api.verify(
@@ -200,6 +223,7 @@ def _verify(args: argparse.Namespace) -> int:
             max_top1_drop=args.max_top1_drop,
             per_layer=args.per_layer,
             max_samples=args.max_samples,
+            task=args.task,
         )
     except VerificationFailed as exc:
         metrics, code = exc.metrics, 1
@@ -208,6 +232,24 @@ def _verify(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
     return code
+
+
+def check_output_file(path: str, flag: str, reads: list[str]) -> Path:
+    """A file the command will write: named, not a directory, in a folder that exists, and not one of
+    the files it reads."""
+    if not path.strip():
+        raise InputError(f"{flag} is empty: name the file to write")
+    out = Path(path)
+    if out.is_dir():
+        raise InputError(f"{flag} {path} is a directory; name a file")
+    if not out.absolute().parent.is_dir():
+        raise InputError(f"{flag} {path}: the folder {out.absolute().parent} does not exist")
+    if not os.access(out.absolute().parent, os.W_OK):
+        raise InputError(f"{flag} {path}: the folder {out.absolute().parent} is not writable")
+    for given in reads:
+        if given and Path(given).exists() and out.exists() and os.path.samefile(given, out):
+            raise InputError(f"{flag} {path} is one of the command's inputs; name another file")
+    return out
 
 
 def _format_metrics(m: dict) -> str:
@@ -222,6 +264,8 @@ def _format_metrics(m: dict) -> str:
         f"latency per sample: onnxruntime fp32 {m['latency_ms_fp32_onnxruntime']} ms, "
         f"qcompile int8 {m['latency_ms_int8_qcompile']} ms"
     )
+    if "task" in m:
+        lines.append(f"task {m['task']['name']}: " + ", ".join(f"{k}={v}" for k, v in m["task"].items() if k != "name"))
     for row in m.get("per_layer", []):
         lines.append(f"  {row['sqnr_db']:>7.2f} dB  {row['op']:<12} {row['layer']}")
     return "\n".join(lines)
@@ -251,6 +295,7 @@ def _analyze(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import qcompile as api
 
+    check_output_file(args.output, "-o", [args.artifact, args.input])
     print(f"wrote {api.run(args.artifact, args.input, args.output)}")
     return 0
 
@@ -264,9 +309,9 @@ def _package(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from qcompile.inspection import format_inspection, inspect_model
-    from qcompile.model import parse_input_shapes
+    from qcompile.model import parse_fixed_inputs, parse_input_shapes
 
-    info = inspect_model(args.model, parse_input_shapes(args.input_shape))
+    info = inspect_model(args.model, parse_input_shapes(args.input_shape), parse_fixed_inputs(args.fix_input))
     print(json.dumps(info, indent=2) if args.json else format_inspection(info))
     return 0 if info["supported"] else 2
 
@@ -282,25 +327,54 @@ COMMANDS = {
 }
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised where Python next runs so every `finally` and staging clean-up runs,
+    as for Ctrl-C (KeyboardInterrupt)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
+def one_line(text: str) -> str:
+    """A message for stderr on exactly one line (a path may hold a newline)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, _terminate)
     try:
         return COMMANDS[args.command](args)
     except QCompileError as exc:
-        print(f"qcompile: error: {exc}", file=sys.stderr)
+        print(f"qcompile: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("qcompile: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"qcompile: terminated by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     except Exception as exc:  # a bug in qcompile or TVM, not the user's input
         if os.environ.get("QCOMPILE_DEBUG"):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         print(
-            f"qcompile: internal error: {type(exc).__name__}: {first} (set QCOMPILE_DEBUG=1 for a traceback)",
+            f"qcompile: internal error: {type(exc).__name__}: {one_line(first)} (set QCOMPILE_DEBUG=1 for a "
+            "traceback)",
             file=sys.stderr,
         )
         return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,16 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--input-shape",
         action="append",
         metavar="NAME:DIMS",
-        help="concrete shape of a dynamic input, e.g. input:1x3x224x224 (repeatable)",
+        help="concrete shape of a dynamic input, e.g. input:1x3x224x224 (repeatable); -1, ? and named dims "
+        "are dynamic, and a dynamic batch alone defaults to 1",
+    )
+    p.add_argument(
+        "--fix-input",
+        action="append",
+        metavar="NAME=VALUE",
+        help="fold an input into the model as a constant, e.g. sr=16000 (NAME=1/2/3 for a vector); an If on it "
+        "becomes its taken branch, so the layers inside are quantized; the artifact then has no such input "
+        "(repeatable)",
     )
     p.add_argument(
         "--preprocess",
@@ -85,7 +94,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     import qcompile as api
-    from qcompile.model import parse_input_shapes
+    from qcompile.model import parse_fixed_inputs, parse_input_shapes
     from qcompile.precision import PrecisionSpec
 
     precision = PrecisionSpec.load(args.precision_file) if args.precision_file else PrecisionSpec()
@@ -101,6 +110,7 @@ def config_from_args(args: argparse.Namespace):
         skip_first=args.skip_first,
         skip_last=args.skip_last,
         input_shapes=parse_input_shapes(args.input_shape),
+        fixed_inputs=parse_fixed_inputs(args.fix_input),
         preprocess=args.preprocess,
         max_calib_batches=args.max_calib_batches,
         bias_correction=args.bias_correction,

@@ -133,8 +133,6 @@ def bench(args: argparse.Namespace) -> int:
         raise InputError("--vs-onnxruntime and --ort-int8-calib need --model (the float ONNX model)")
     import tempfile
 
-    import numpy as np
-
     from qcompile.bench import bench as run_bench
     from qcompile.bench import format_table, ort_int8_model
     from qcompile.runtime import open_artifact
@@ -142,16 +140,19 @@ def bench(args: argparse.Namespace) -> int:
     artifacts = [Path(a) for a in args.artifacts]
     inputs = None
     if args.data:
-        specs = open_artifact(artifacts[0]).inputs
-        with np.load(args.data) as data:
-            arrays = {s.name: data[s.name] for s in specs}
-        n = len(next(iter(arrays.values())))
-        inputs = [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(min(n, 16))]
+        from qcompile.data import load_data
+
+        first = open_artifact(artifacts[0])
+        data = load_data(args.data, first.inputs, "bench", fixed=first.fixed_inputs)
+        inputs = list(data.batches(16))
     with tempfile.TemporaryDirectory(prefix="qcompile-bench-") as tmp:
         ort_int8 = None
         if args.ort_int8_calib:
-            with np.load(args.ort_int8_calib) as data:
-                calib = {k: data[k] for k in data.files if k != "labels"}
+            from qcompile.data import load_data
+
+            first = open_artifact(artifacts[0])
+            calib_data = load_data(args.ort_int8_calib, first.inputs, "--ort-int8-calib")
+            calib = {s.name: calib_data.samples(s.name) for s in first.inputs}
             ort_int8 = ort_int8_model(Path(args.model), calib, Path(tmp) / "int8.onnx")
         result = run_bench(
             artifacts,

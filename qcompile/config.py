@@ -26,6 +26,7 @@ class BuildConfig:
     skip_first: bool = False
     skip_last: bool = False
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    fixed_inputs: dict[str, tuple[float, ...]] = field(default_factory=dict)  # inputs folded in as constants
     preprocess: str | None = None
     max_calib_batches: int | None = None
     bias_correction: bool = True
@@ -77,6 +78,7 @@ class BuildConfig:
         doc = asdict(self)
         doc["skip"] = list(self.skip)
         doc["input_shapes"] = {k: list(v) for k, v in self.input_shapes.items()}
+        doc["fixed_inputs"] = {k: list(v) for k, v in self.fixed_inputs.items()}
         doc["precision"] = self.precision.to_json()
         return doc
 
@@ -85,6 +87,7 @@ class BuildConfig:
         doc = dict(doc)
         doc["skip"] = tuple(doc.get("skip", ()))
         doc["input_shapes"] = {k: tuple(v) for k, v in doc.get("input_shapes", {}).items()}
+        doc["fixed_inputs"] = {k: tuple(v) for k, v in doc.get("fixed_inputs", {}).items()}
         doc["precision"] = PrecisionSpec.from_json(doc.get("precision") or {})
         doc.setdefault("weight_rounding", "nearest")  # artifacts from before GPTQ rounding
         return BuildConfig(**doc)

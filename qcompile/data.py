@@ -1,10 +1,15 @@
-"""Calibration and evaluation data: `.npz` files (one array per model input, samples stacked on the
-first axis, optional integer `labels`) or a folder of images with a preprocessing spec."""
+"""Calibration and evaluation data: `.npz` files (one array per model input, optional integer `labels`) or
+a folder of images with a preprocessing spec.
+
+An input's array holds its samples either concatenated on the input's own first axis (N * d0, d1, ...),
+the usual form for a batch axis, or stacked on a new first axis (N, d0, d1, ...), the form for inputs
+whose first axis is not a batch (a recurrent state 2 x 1 x 128, a scalar such as a sample rate)."""
 
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +23,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 @dataclass(frozen=True)
 class Dataset:
-    """Validated samples: arrays[name] has shape (N * batch, *input_shape[1:])."""
+    """Validated data: arrays[name] has shape (num_batches, *input_shape), one model call per row;
+    `batch` is the number of samples one call holds (the first input's first dim), `labels` one
+    class index per sample."""
 
     arrays: dict[str, np.ndarray]
     labels: np.ndarray | None
@@ -26,14 +33,22 @@ class Dataset:
 
     @property
     def num_batches(self) -> int:
-        n = len(next(iter(self.arrays.values())))
-        return n // self.batch
+        return len(next(iter(self.arrays.values())))
 
     def batches(self, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         count = self.num_batches if limit is None else min(limit, self.num_batches)
         for i in range(count):
-            sl = slice(i * self.batch, (i + 1) * self.batch)
-            yield {k: v[sl] for k, v in self.arrays.items()}
+            yield {k: v[i] for k, v in self.arrays.items()}
+
+    def take(self, num_batches: int) -> Dataset:
+        """The first `num_batches` calls' worth of data (and their labels)."""
+        labels = None if self.labels is None else self.labels[: num_batches * self.batch]
+        return Dataset({k: v[:num_batches] for k, v in self.arrays.items()}, labels, self.batch)
+
+    def samples(self, name: str) -> np.ndarray:
+        """The input's values with the samples on the first axis, as an npz would hold them."""
+        arr = self.arrays[name]
+        return arr.reshape(-1, *arr.shape[2:]) if arr.ndim >= 2 else arr
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,8 @@ class ImagePreprocess:
     def __post_init__(self) -> None:
         if self.layout not in ("NCHW", "NHWC"):
             raise InputError(f"preprocess layout must be NCHW or NHWC, got {self.layout!r}")
+        if self.resize <= 0 or self.resize > 16384:
+            raise InputError(f"preprocess resize {self.resize} must be between 1 and 16384")
         if self.crop > self.resize or self.crop <= 0:
             raise InputError(f"preprocess crop {self.crop} must be positive and <= resize {self.resize}")
 
@@ -66,6 +83,10 @@ class ImagePreprocess:
                     fields[key] = int(value)
                 elif key in ("mean", "std"):
                     parts = tuple(float(v) for v in value.split("/"))
+                    if len(parts) not in (1, 3) or not all(np.isfinite(parts)):
+                        raise InputError(f"--preprocess {item!r}: give one value or three (R/G/B), finite")
+                    if key == "std" and min(parts) <= 0:
+                        raise InputError(f"--preprocess {item!r}: std must be positive")
                     fields[key] = parts * 3 if len(parts) == 1 else parts
                 elif key == "layout":
                     fields[key] = value.strip().upper()
@@ -91,9 +112,14 @@ class ImagePreprocess:
 
 
 def load_data(
-    path: str | Path, inputs: Sequence[TensorSpec], what: str, preprocess: ImagePreprocess | None = None
+    path: str | Path,
+    inputs: Sequence[TensorSpec],
+    what: str,
+    preprocess: ImagePreprocess | None = None,
+    fixed: Mapping[str, np.ndarray] | None = None,
 ) -> Dataset:
-    """Read and validate `path` against the model inputs; every mismatch is a one-line error."""
+    """Read and validate `path` against the model inputs; every mismatch is a one-line error. An array for
+    an input the build fixed (--fix-input) may be present when every sample holds the fixed value."""
     path = Path(path)
     if path.is_dir():
         arrays = {_single_input(inputs, what).name: _load_images(path, preprocess or ImagePreprocess(), what)}
@@ -102,6 +128,12 @@ def load_data(
         arrays, labels = _load_npz(path, what)
     else:
         raise InputError(f"{what} data not found: {path}")
+    for name, value in (fixed or {}).items():
+        if name in arrays:
+            if not _holds_only(arrays.pop(name), value):
+                raise CalibrationDataError(
+                    f"{what} array {name!r} differs from the value {value.tolist()} the build fixed for that input"
+                )
     return validate(arrays, labels, inputs, what, str(path))
 
 
@@ -118,52 +150,119 @@ def validate(
     out, count = {}, None
     for spec in inputs:
         arr = arrays[spec.name]
-        if arr.ndim != len(spec.shape) or tuple(arr.shape[1:]) != tuple(spec.shape[1:]):
-            raise CalibrationDataError(
-                f"{what} array {spec.name!r} has shape {list(arr.shape)}; the model wants "
-                f"[N, {', '.join(str(d) for d in spec.shape[1:])}]"
-            )
         if _kind(arr.dtype) != _kind(np.dtype(spec.dtype)):
             raise CalibrationDataError(f"{what} array {spec.name!r} is {arr.dtype}; the model input is {spec.dtype}")
-        if arr.shape[0] == 0:
-            raise CalibrationDataError(f"{what} data {source} is empty (array {spec.name!r} has 0 samples)")
+        calls = _calls(arr, spec, what)
+        if calls.shape[0] == 0:
+            raise CalibrationDataError(
+                f"{what} data {source} is empty or holds less than one call "
+                f"(array {spec.name!r} has shape {list(arr.shape)}, one call takes {list(spec.shape)})"
+            )
         if _kind(arr.dtype) == "f" and not np.all(np.isfinite(arr)):
             bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
             raise CalibrationDataError(f"{what} array {spec.name!r} holds {bad} NaN/Inf values")
-        if count is not None and arr.shape[0] != count:
-            raise CalibrationDataError(f"{what} arrays disagree on the number of samples ({count} vs {arr.shape[0]})")
-        count = arr.shape[0]
-        out[spec.name] = arr.astype(spec.dtype, copy=False)
-    if count is not None and count < batch:
-        raise CalibrationDataError(f"{what} data has {count} samples, fewer than one batch of {batch}")
+        if count is not None and calls.shape[0] != count:
+            raise CalibrationDataError(
+                f"{what} arrays disagree on the number of samples ({count * batch} vs {calls.shape[0] * batch})"
+            )
+        count = calls.shape[0]
+        out[spec.name] = calls.astype(spec.dtype, copy=False)
     if labels is not None:
-        if labels.ndim != 1 or labels.shape[0] != count or _kind(labels.dtype) not in ("i", "u"):
-            raise CalibrationDataError(f"{what} 'labels' must be {count} integer class indices")
+        n = (count or 0) * batch
+        if labels.ndim != 1 or labels.shape[0] < n or _kind(labels.dtype) not in ("i", "u"):
+            raise CalibrationDataError(f"{what} 'labels' must be {n} integer class indices")
+        labels = labels[:n]
     return Dataset(out, labels, batch)
 
 
+def _calls(arr: np.ndarray, spec: TensorSpec, what: str) -> np.ndarray:
+    """`arr` as (calls, *spec.shape): samples stacked on a new first axis, or concatenated on the input's
+    own first axis (whole calls only)."""
+    shape = tuple(spec.shape)
+    if arr.ndim == len(shape) + 1 and tuple(arr.shape[1:]) == shape:
+        return arr
+    if shape and arr.ndim == len(shape) and tuple(arr.shape[1:]) == shape[1:]:
+        n = arr.shape[0] // shape[0]
+        return arr[: n * shape[0]].reshape(n, *shape)
+    dims = ", ".join(str(d) for d in shape)
+    rest = ", ".join(str(d) for d in shape[1:])
+    if not shape:
+        wants = "[N]"
+    elif shape[0] == 1:
+        wants = f"[N, {rest}]" if rest else "[N]"
+    else:
+        wants = f"[N*{shape[0]}, {rest}] or [N, {dims}]"
+    raise CalibrationDataError(f"{what} array {spec.name!r} has shape {list(arr.shape)}; the model wants {wants}")
+
+
+def _holds_only(given: np.ndarray, value: np.ndarray) -> bool:
+    """`given` is `value` itself, or samples (first axis) that all equal it."""
+    if given.shape == value.shape:
+        return bool(np.all(given == value))
+    return given.shape[1:] == value.shape and given.shape[0] > 0 and bool(np.all(given == value))
+
+
 def _load_npz(path: Path, what: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Every member checked from its header before anything is read: a .npy member of a plain dtype
+    whose declared size is the size it really holds (a header claiming terabytes is refused, not
+    allocated)."""
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as exc:
+        raise InputError(f"{what} data {path} cannot be read ({exc.strerror})") from None
+    if head == b"\x93NUMPY":
+        raise InputError(f"{what} data {path} is a single .npy array; qcompile reads .npz (one array per input)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                _check_member(zf, info, path, what)
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{what} data {path} is not a readable .npz file ({exc})") from None
-    if not isinstance(arrays, dict) or not arrays:
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib.error) as exc:
+        raise InputError(f"{what} data {path} is not a readable .npz file ({_first(exc)})") from None
+    if not arrays:
         raise CalibrationDataError(f"{what} data {path} holds no arrays")
     labels = arrays.pop("labels", None)
     return arrays, labels
+
+
+def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, what: str) -> None:
+    if not info.filename.endswith(".npy"):
+        raise InputError(f"{what} data {path}: member {info.filename!r} is not a .npy array")
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fh, max_header_size=10000)
+        offset = fh.tell()
+    if dtype.hasobject:
+        raise InputError(f"{what} data {path}: array {info.filename[:-4]!r} holds Python objects, not numbers")
+    declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if declared != info.file_size - offset:
+        raise InputError(
+            f"{what} data {path}: array {info.filename[:-4]!r} declares shape {list(shape)} ({declared} bytes) "
+            f"but holds {info.file_size - offset} bytes"
+        )
+
+
+def _first(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _load_images(folder: Path, prep: ImagePreprocess, what: str) -> np.ndarray:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise CalibrationDataError(f"{what} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    from PIL import Image
+
     images = []
     for f in files:
         try:
             images.append(prep.apply(f))
-        except OSError as exc:
-            raise CalibrationDataError(f"{what} image {f} cannot be read ({exc})") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # PIL: damaged, unknown, huge
+            raise CalibrationDataError(f"{what} image {f} cannot be read ({_first(exc)})") from None
     return np.stack(images).astype(np.float32)
 
 

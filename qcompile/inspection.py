@@ -12,12 +12,16 @@ from qcompile.errors import UnsupportedModelError
 from qcompile.model import load_onnx
 
 
-def inspect_model(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
+def inspect_model(
+    path: str | Path,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    fixed_inputs: dict[str, tuple[float, ...]] | None = None,
+) -> dict:
     from qcompile.pipeline import annotate_stage, canonicalize_stage
     from qcompile.targets import TARGETS
 
     try:
-        model = load_onnx(path, input_shapes)
+        model = load_onnx(path, input_shapes, fixed_inputs)
     except UnsupportedModelError as exc:
         import onnx
 
@@ -31,7 +35,7 @@ def inspect_model(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | N
     graph = model.proto.graph
     params = sum(int(np.prod(i.dims)) for i in graph.initializer)
     canon = canonicalize_stage(model)
-    config = BuildConfig(input_shapes=input_shapes or {})
+    config = BuildConfig(input_shapes=input_shapes or {}, fixed_inputs=fixed_inputs or {})
     plan = annotate_stage(canon, config, TARGETS.get(config.target))
     quantized = set(plan.quantized_layers)
     onnx_ops = {n.name or n.output[0]: n.op_type for n in graph.node}
@@ -54,6 +58,8 @@ def inspect_model(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | N
         "parameters": params,
         "weights_fp32_bytes": model.weight_bytes(),
         "inputs": [s.to_json() for s in model.inputs],
+        "fixed_inputs": model.fixed_inputs_json(),
+        "folding": model.folding,
         "outputs": list(model.outputs),
         "ops": dict(Counter(n.op_type for n in graph.node).most_common()),
         "layers": layers,
@@ -72,6 +78,14 @@ def format_inspection(info: dict) -> str:
     )
     for i in info["inputs"]:
         lines.append(f"input  {i['name']}: {i['dtype']} {i['shape']}")
+    for name, value in info["fixed_inputs"].items():
+        lines.append(f"fixed  {name} = {value} (folded into the graph)")
+    fold = info["folding"]
+    if any(fold.values()):
+        lines.append(
+            f"folded before import: {fold['evaluated_nodes']} constant nodes, {fold['static_shapes']} shapes, "
+            f"{len(fold['inlined_ifs'])} If nodes, decomposed {fold['decomposed'] or 'nothing'}"
+        )
     lines.append("outputs: " + ", ".join(info["outputs"]))
     lines.append("ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
     lines.append("integer ops after realize: " + ", ".join(f"{k} x{v}" for k, v in info["integer_ops"].items()))

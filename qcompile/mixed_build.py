@@ -42,7 +42,11 @@ def build_mixed(
 ) -> BuildResult:
     assert result.plan is not None and result.qparams is not None
     t = time.perf_counter()
-    data = load_data(search.eval, canon.model.inputs, "evaluation")
+    data = load_data(search.eval, canon.model.inputs, "evaluation", fixed=canon.model.fixed_inputs)
+    from qcompile.model import output_specs
+    from qcompile.verification import check_labels
+
+    check_labels(data.labels, output_specs(canon.mod, canon.model.outputs)[0]["shape"], search.eval)
     if search.budget.labels and data.labels is None:
         raise InputError(f"--labels: {search.eval} has no 'labels' array")
     pinned = {name for name in result.plan.quantized_layers if config.precision.names(name)}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tvm
 
-from qcompile.artifact import check_writable, write_artifact
+from qcompile.artifact import check_output, write_artifact
 from qcompile.calibration.collect import calibrate
 from qcompile.calibration.rounding import InputMoments, WeightRounding
 from qcompile.calibration.store import load_qparams, load_rounding, qparams_to_json
@@ -66,7 +66,7 @@ class BuildResult:
 
 
 def load_stage(model_path: str | Path, config: BuildConfig) -> OnnxModel:
-    return load_onnx(model_path, config.input_shapes)
+    return load_onnx(model_path, config.input_shapes, config.fixed_inputs)
 
 
 def canonicalize_stage(model: OnnxModel) -> Canonical:
@@ -150,11 +150,10 @@ def calibrate_stage(
         return loaded
     if calib is None:
         raise InputError("calibration data is required: pass --calib DATA (.npz or image folder) or --qparams FILE")
-    data = load_data(calib, canon.model.inputs, "calibration", ImagePreprocess.parse(config.preprocess))
+    prep = ImagePreprocess.parse(config.preprocess)
+    data = load_data(calib, canon.model.inputs, "calibration", prep, canon.model.fixed_inputs)
     if config.max_calib_batches is not None:
-        data = type(data)(
-            {k: v[: config.max_calib_batches * data.batch] for k, v in data.arrays.items()}, None, data.batch
-        )
+        data = data.take(config.max_calib_batches)
     moments = layer_input_moments(canon, plan) if gptq else {}
     result = calibrate(
         canon.mod,
@@ -266,11 +265,13 @@ def build(
     tuning_db: str | Path | None = None,
     require_tuned: bool = False,
     search: MixedSearch | None = None,
+    force: bool = False,
 ) -> BuildResult:
     """Compile a float ONNX model into a verified-ready integer artifact directory at `output`.
     With `search`, the layers to keep float are chosen by the mixed-precision search, and the artifact
     is verified on the evaluation data (rebuilt with one more float layer while the real library misses
-    the budget the switchable model met)."""
+    the budget the switchable model met). `force` lets the build replace a damaged artifact folder
+    (never a folder that is not an artifact)."""
     config = config or BuildConfig()
     if stop_after is not None and stop_after not in STAGES:
         raise InputError(f"--stop-after {stop_after!r} is not a stage (stages: {', '.join(STAGES)})")
@@ -283,7 +284,8 @@ def build(
     if search is not None and config.bits == FLOAT_BITS:
         raise InputError("--bits 32 has no integer layer for a mixed-precision search to keep")
     if output is not None:
-        check_writable(Path(output))
+        reads = [model, calib, qparams, tuning_db, search.eval if search is not None else None]
+        check_output(output, reads, force)
     target = TARGETS.get(config.target)
     if stop_after is None or STAGES.index(stop_after) >= STAGES.index("package"):
         check_toolchain(target)  # a missing cross compiler or CUDA toolkit fails now, not after calibration

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qcompile.artifact import FORMAT, MANIFEST, artifact_bytes, sha256_file
+from qcompile.artifact import artifact_bytes, sha256_file
 from qcompile.errors import InputError
+from qcompile.manifest import load_json_file, member, read_manifest
 from qcompile.model import TensorSpec
 
 
@@ -24,32 +25,39 @@ class Artifact:
 
     @property
     def library(self) -> Path:
-        return self.path / self.manifest["library"]
+        return self.file(self.manifest["library"])
 
     @property
     def total_bytes(self) -> int:
         return artifact_bytes(self.path)
 
+    @property
+    def fixed_inputs(self) -> dict[str, np.ndarray]:
+        """Inputs the build folded in as constants (--fix-input): data may hold them with these values."""
+        return {k: np.asarray(v) for k, v in self.manifest["model"].get("fixed_inputs", {}).items()}
+
+    def file(self, name: str) -> Path:
+        """A file of the artifact that the manifest lists (and open_artifact verified); nothing else."""
+        if name not in self.manifest["files"]:
+            raise InputError(f"artifact {self.path} does not list {name} in its manifest")
+        return member(self.path, name)
+
     def read_json(self, name: str) -> dict:
-        return json.loads((self.path / name).read_text())
+        doc = load_json_file(self.file(name), "artifact file")
+        if not isinstance(doc, dict):
+            raise InputError(f"artifact file {self.path / name} is not a JSON object")
+        return doc
 
 
-def open_artifact(path: str | Path, check_hashes: bool = True) -> Artifact:
+def open_artifact(path: str | Path) -> Artifact:
+    """The artifact at `path`, its manifest schema-checked and every listed file verified (plain name
+    inside the folder, size, sha256) before any of them is used (qcompile.manifest)."""
     path = Path(path)
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise InputError(f"{path} is not a qcompile artifact (no {MANIFEST})")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{manifest_path} is not valid JSON ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise InputError(f"{path} has artifact format {manifest.get('format')!r}; this qcompile reads {FORMAT}")
-    if check_hashes:
-        for name, meta in manifest.get("files", {}).items():
-            file = path / name
-            if not file.is_file() or sha256_file(file) != meta["sha256"]:
-                raise InputError(f"artifact file {file} is missing or does not match its sha256 in the manifest")
+    manifest = read_manifest(path)
+    for name, meta in manifest["files"].items():
+        file = member(path, name)
+        if file.stat().st_size != meta["bytes"] or sha256_file(file) != meta["sha256"]:
+            raise InputError(f"artifact file {file} does not match its size and sha256 in the manifest")
     inputs = tuple(TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"])
     outputs = tuple(o["name"] for o in manifest["outputs"])
     return Artifact(path, manifest, inputs, outputs)
@@ -99,7 +107,15 @@ class Runner:
         out = self.vm["main"](*args)
         if isinstance(out, tvm.runtime.Tensor):
             return [out.numpy()]
-        return [t.numpy() for t in out]
+        return _flatten(out)
+
+
+def _flatten(out) -> list[np.ndarray]:
+    import tvm
+
+    if isinstance(out, tvm.runtime.Tensor):
+        return [out.numpy()]
+    return [a for item in out for a in _flatten(item)]
 
 
 def run(artifact_path: str | Path, input_path: str | Path, output_path: str | Path) -> Path:
@@ -107,18 +123,25 @@ def run(artifact_path: str | Path, input_path: str | Path, output_path: str | Pa
     from qcompile.data import load_data
     from qcompile.progress import progress
 
+    output_path = Path(output_path)
+    if not str(output_path).strip() or output_path.is_dir():
+        raise InputError(f"-o {str(output_path)!r}: name the .npz file to write")
+    if not output_path.absolute().parent.is_dir():
+        raise InputError(f"output folder {output_path.absolute().parent} does not exist")
     artifact = open_artifact(artifact_path)
-    data = load_data(input_path, artifact.inputs, "input")
+    data = load_data(input_path, artifact.inputs, "input", fixed=artifact.fixed_inputs)
     runner = Runner(artifact)
     outputs: list[list[np.ndarray]] = [[] for _ in artifact.output_names]
     for batch in progress(data.batches(), total=data.num_batches, desc="run"):
         for store, value in zip(outputs, runner(batch)):
             store.append(value)
-    output_path = Path(output_path)
-    if output_path.parent and not output_path.parent.exists():
-        raise InputError(f"output folder {output_path.parent} does not exist")
     arrays = {name: np.concatenate(vals) for name, vals in zip(artifact.output_names, outputs)}
-    tmp = output_path.with_name(output_path.name + ".partial.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(output_path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".partial", dir=output_path.absolute().parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, output_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return output_path

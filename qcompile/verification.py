@@ -8,21 +8,56 @@ from pathlib import Path
 import numpy as np
 
 from qcompile.data import load_data
-from qcompile.errors import InputError, VerificationFailed
+from qcompile.errors import CalibrationDataError, InputError, VerificationFailed
 from qcompile.metrics import classification_metrics, output_metrics
 from qcompile.model import load_onnx
 from qcompile.progress import progress
 from qcompile.runtime import Runner, open_artifact
 
 
-def onnxruntime_session(model_path: Path, threads: int | None = None):
+def onnxruntime_session(model: Path | bytes, threads: int | None = None):
+    """An onnxruntime CPU session on a model file, or on serialized ModelProto bytes."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def reference_model(artifact, model_path: str | Path):
+    """The float model as this artifact was built from it: the same file (sha256), specialised and folded
+    into the same graph (prepared sha256), which verify runs as the reference."""
+    built = artifact.manifest["model"]
+    fixed = {k: tuple(np.ravel(v).tolist()) for k, v in built.get("fixed_inputs", {}).items()}
+    model = load_onnx(model_path, {s.name: s.shape for s in artifact.inputs}, fixed)
+    if model.sha256 != built["sha256"]:
+        raise InputError(f"{model_path} is not the model this artifact was built from (sha256 differs)")
+    if built.get("prepared_sha256") and model.prepared_sha256 != built["prepared_sha256"]:
+        raise InputError(
+            f"{model_path} folds into a different graph than at build time (prepared sha256 differs; built with "
+            f"qcompile {artifact.manifest['versions']['qcompile']}): rebuild the artifact"
+        )
+    return model
+
+
+def check_labels(labels: np.ndarray | None, output_shape: list[int], source: str | Path) -> None:
+    """Labels are class indices of the first output: 0 <= label < classes."""
+    if labels is None:
+        return
+    if len(output_shape) != 2 or output_shape[1] < 2:
+        raise CalibrationDataError(
+            f"evaluation data {source} has 'labels', but the model's first output {output_shape} is not class scores"
+        )
+    classes = output_shape[1]
+    bad = labels[(labels < 0) | (labels >= classes)]
+    if bad.size:
+        raise CalibrationDataError(
+            f"evaluation 'labels' in {source} must be class indices 0..{classes - 1}; "
+            f"{bad.size} are not (e.g. {bad[0]})"
+        )
 
 
 def verify(
@@ -33,16 +68,20 @@ def verify(
     max_top1_drop: float | None = None,
     per_layer: bool = False,
     max_samples: int | None = None,
+    task: str | None = None,
 ) -> dict:
     """Metrics of the artifact against the float model; raises VerificationFailed past the bar
     (after computing everything, so the caller can still write the report)."""
+    if task is not None:
+        from qcompile.tasks import TASKS
+
+        task_metric = TASKS.get(task)  # an unknown task fails before any work
     artifact = open_artifact(artifact_path)
-    model = load_onnx(model_path, {s.name: s.shape for s in artifact.inputs})
-    if model.sha256 != artifact.manifest["model"]["sha256"]:
-        raise InputError(f"{model_path} is not the model this artifact was built from (sha256 differs)")
-    data = load_data(data_path, artifact.inputs, "evaluation")
+    model = reference_model(artifact, model_path)
+    data = load_data(data_path, artifact.inputs, "evaluation", fixed=model.fixed_inputs)
+    check_labels(data.labels, artifact.manifest["outputs"][0]["shape"], data_path)
     runner = Runner(artifact)
-    session = onnxruntime_session(Path(model_path))
+    session = onnxruntime_session(model.proto.SerializeToString())
     limit = None if max_samples is None else max(1, max_samples // data.batch)
     count = data.num_batches if limit is None else min(limit, data.num_batches)
     ref: list[list[np.ndarray]] = [[] for _ in artifact.output_names]
@@ -77,6 +116,10 @@ def verify(
         metrics["outputs"][name] = output_metrics(r_all, q_all)
         if r_all.ndim == 2 and r_all.shape[1] > 1:
             metrics["outputs"][name].update(classification_metrics(r_all, q_all, labels))
+    if task is not None:
+        ref_all = [np.concatenate(r) for r in ref]
+        test_all = [np.concatenate(q) for q in test]
+        metrics["task"] = {"name": task, **task_metric(ref_all, test_all, {"labels": labels})}
     first = metrics["outputs"][artifact.output_names[0]]
     for key in ("top1_agreement", "top5_agreement", "top1_fp32", "top1_int8", "top1_drop", "sqnr_db", "cosine"):
         if key in first:

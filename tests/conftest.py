@@ -61,3 +61,90 @@ def efficientnet(tmp_path_factory) -> dict[str, Path]:
         "labels": labels,
         "dir": d,
     }
+
+
+# ---- default int8 builds, made once per run and shared read-only by every test that needs one ----
+
+
+@pytest.fixture(scope="session")
+def fashion_int8(fashion, tmp_path_factory) -> Path:
+    return _cli_build(fashion["model"], tmp_path_factory.mktemp("fashion_int8") / "art", "--calib", fashion["calib"])
+
+
+@pytest.fixture(scope="session")
+def effnet_int8(efficientnet, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("effnet_int8") / "art"
+    return _cli_build(efficientnet["model"], out, "--calib", efficientnet["calib"])
+
+
+# ---- third-party models exactly as their PyPI packages ship them (qcompile.zoo.shipped) ----
+
+
+@pytest.fixture(scope="session")
+def yolo(tmp_path_factory) -> dict[str, Path]:
+    """nudenet's YOLOv8n (320n.onnx, dynamic batch/height/width) and letterboxed photo mosaics."""
+    from qcompile.zoo.detection import CALIB_SEED, detection_views
+    from qcompile.zoo.shipped import shipped_model
+
+    d = tmp_path_factory.mktemp("yolo")
+    np.savez(d / "calib.npz", images=detection_views(32, seed=CALIB_SEED))
+    np.savez(d / "eval.npz", images=detection_views(64))
+    return {"model": shipped_model("yolov8n"), "calib": d / "calib.npz", "eval": d / "eval.npz", "dir": d}
+
+
+@pytest.fixture(scope="session")
+def magika(tmp_path_factory) -> dict[str, Path]:
+    """Google's magika file-type model (dynamic batch, int32 bytes) and features of this machine's files."""
+    from qcompile.zoo.files import file_feature_sets
+    from qcompile.zoo.shipped import shipped_model
+
+    d = tmp_path_factory.mktemp("magika")
+    calib, evals = file_feature_sets()
+    np.savez(d / "calib.npz", bytes=calib)
+    np.savez(d / "eval.npz", bytes=evals)
+    return {"model": shipped_model("magika"), "calib": d / "calib.npz", "eval": d / "eval.npz", "dir": d}
+
+
+@pytest.fixture(scope="session")
+def silero(tmp_path_factory) -> dict:
+    """silero-vad (LSTM inside If branches, state and sample-rate inputs) and espeak-ng speech in noise."""
+    from qcompile.zoo.shipped import shipped_model
+    from qcompile.zoo.speech import speech_stream, vad_chunks
+
+    d = tmp_path_factory.mktemp("silero")
+    model = shipped_model("silero")
+    out: dict = {"model": model, "dir": d}
+    for name, utterances, seed in (("calib", 6, 1), ("eval", 8, 2)):
+        stream, _ = speech_stream(utterances, seed)
+        chunks = vad_chunks(model, stream)
+        np.savez(d / f"{name}.npz", input=chunks["input"], state=chunks["state"])
+        out[name], out[f"{name}_stream"] = d / f"{name}.npz", stream
+    return out
+
+
+SILERO_ARGS = ["--input-shape", "input:1x576", "--input-shape", "state:2x1x128", "--fix-input", "sr=16000"]
+
+
+def _cli_build(model: Path, out: Path, *args) -> Path:
+    from qcompile.cli import main
+
+    assert main(["build", str(model), "-o", str(out), *map(str, args)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def yolo_int8(yolo) -> Path:
+    """Built once per test run, as a user would: only --input-shape (and --calib)."""
+    return _cli_build(
+        yolo["model"], yolo["dir"] / "int8", "--input-shape", "images:1x3x320x320", "--calib", yolo["calib"]
+    )
+
+
+@pytest.fixture(scope="session")
+def magika_int8(magika) -> Path:
+    return _cli_build(magika["model"], magika["dir"] / "int8", "--calib", magika["calib"])
+
+
+@pytest.fixture(scope="session")
+def silero_int8(silero) -> Path:
+    return _cli_build(silero["model"], silero["dir"] / "int8", *SILERO_ARGS, "--calib", silero["calib"])

@@ -11,4 +11,7 @@ def test_public_api_survives_importing_every_submodule():
             importlib.import_module(info.name)
     for name in ("build", "verify", "run", "inspect", "open_artifact"):
         assert callable(getattr(qcompile, name)), name
-    assert isinstance(qcompile.QCompileError("x"), Exception)
+    from qcompile.errors import InputError, QCompileError
+
+    assert qcompile.QCompileError is QCompileError  # the lazy name resolves to the class the CLI maps to exit 2
+    assert issubclass(InputError, qcompile.QCompileError)

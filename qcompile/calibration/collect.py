@@ -45,10 +45,15 @@ def compile_host(mod: tvm.IRModule):
 def run_vm(vm, batch: dict[str, np.ndarray], input_names: Sequence[str], extra: Sequence = ()) -> list[np.ndarray]:
     """`main` on one batch (inputs in `input_names` order, then `extra` runtime tensors), outputs as numpy."""
     args = [tvm.runtime.tensor(np.ascontiguousarray(batch[n])) for n in input_names]
-    out = vm["main"](*args, *extra)
+    return flatten_outputs(vm["main"](*args, *extra))
+
+
+def flatten_outputs(out) -> list[np.ndarray]:
+    """A VM result (a tensor, or tuples of them, nested where the model returns a tuple) as numpy
+    arrays in order."""
     if isinstance(out, tvm.runtime.Tensor):
         return [out.numpy()]
-    return [t.numpy() for t in out]
+    return [a for item in out for a in flatten_outputs(item)]
 
 
 def observe(

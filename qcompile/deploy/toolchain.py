@@ -48,14 +48,29 @@ def qemu_aarch64() -> str:
 
 
 def nvcc() -> str:
-    """The CUDA compiler TVM builds CUDA kernels with (found on PATH or under CUDA_HOME, as TVM does)."""
+    """The CUDA compiler TVM builds CUDA kernels with: on PATH, under CUDA_HOME (as TVM looks), or from
+    the PyPI wheels setup.sh installs where no toolkit is (nvidia-cuda-nvcc, site-packages/nvidia/cuXX)."""
     found = shutil.which("nvcc")
     home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
     if found is None and os.path.isfile(os.path.join(home, "bin", "nvcc")):
         found = os.path.join(home, "bin", "nvcc")
     if found is None:
+        found = _pip_nvcc()
+    if found is None:
         raise InputError(
             "CUDA targets are compiled with nvcc, which is not on PATH nor in $CUDA_HOME/bin "
-            "(install the CUDA toolkit, 12 or newer; no GPU is needed to build)"
+            "(install the CUDA toolkit, 12 or newer, or pip install nvidia-cuda-nvcc nvidia-cuda-runtime "
+            "nvidia-cuda-crt; no GPU is needed to build)"
         )
     return found
+
+
+def _pip_nvcc() -> str | None:
+    import glob
+    import sysconfig
+
+    for root in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+        for candidate in sorted(glob.glob(os.path.join(root, "nvidia", "cu*", "bin", "nvcc")), reverse=True):
+            if os.access(candidate, os.X_OK):
+                return candidate
+    return None

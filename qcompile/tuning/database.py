@@ -26,6 +26,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,14 +45,66 @@ def _is_db(folder: Path) -> bool:
     return (folder / WORKLOADS).is_file() or (folder / (WORKLOADS + ".gz")).is_file()
 
 
-def _json_database(folder: Path, create: bool):
-    """MetaSchedule's JSONDatabase over `folder`. Gzipped files are read from a temporary copy (the
-    database loads everything when it is opened), or, when tuning (`create`), unpacked in place."""
-    from tvm.s_tir import meta_schedule as ms
+def validate_folder(folder: Path) -> None:
+    """Every line of the folder's database files is a MetaSchedule JSON entry, every record names a
+    workload that exists, the gzip streams are whole: checked before MetaSchedule (C++) reads them, so a
+    damaged database is a one-line error naming the file and line, not a crash inside TVM."""
+    from qcompile.manifest import load_json_file, parse_json
 
+    counts = {}
+    for name in (WORKLOADS, RECORDS):
+        plain, packed = folder / name, folder / (name + ".gz")
+        path = packed if packed.is_file() and not plain.is_file() else plain
+        if not path.is_file():
+            counts[name] = 0
+            continue
+        try:
+            if path.suffix == ".gz":
+                with gzip.open(path, "rt", encoding="utf-8") as fh:
+                    lines = fh.read().splitlines()
+            else:
+                lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+            raise InputError(f"tuning database file {path} is damaged ({exc})") from None
+        n = 0
+        for k, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            entry = parse_json(line, f"tuning database file {path} line {k}")
+            if name == RECORDS:
+                ok = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int)
+                ok = ok and 0 <= entry[0] < counts[WORKLOADS]
+            else:
+                ok = isinstance(entry, list) and len(entry) >= 2
+            if not ok:
+                raise InputError(f"tuning database file {path} line {k} is not a MetaSchedule {name[9:-5]} entry")
+            n += 1
+        counts[name] = n
+    for name in (KEY_FILE, TASK_NAMES):
+        if (folder / name).is_file() and not isinstance(load_json_file(folder / name, "tuning database file"), dict):
+            raise InputError(f"tuning database file {folder / name} is not a JSON object")
+
+
+def _json_database(folder: Path, create: bool):
+    """MetaSchedule's JSONDatabase over `folder` (validated first). Gzipped files are read from a
+    temporary copy (the database loads everything when it is opened), or, when tuning (`create`),
+    unpacked in place."""
     from qcompile.kernels.intrinsics import register_all
 
+    validate_folder(folder)
     register_all()  # loading parses every record's trace, which names the intrinsics it tensorized with
+    try:
+        return _open_json_database(folder, create)
+    except InputError:
+        raise
+    except Exception as exc:  # structurally valid JSON that MetaSchedule still cannot parse (a bad trace)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+        raise InputError(f"tuning database {folder} cannot be read by MetaSchedule ({first})") from None
+
+
+def _open_json_database(folder: Path, create: bool):
+    from tvm.s_tir import meta_schedule as ms
+
     packed = (folder / (WORKLOADS + ".gz")).is_file()
     if not packed:
         return ms.database.JSONDatabase(
@@ -128,8 +181,10 @@ def workload_hash(mod: tvm.IRModule) -> str:
 
 
 def read_task_names(folder: Path) -> dict[str, list[str]]:
+    from qcompile.manifest import load_json_file
+
     path = folder / TASK_NAMES
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return load_json_file(path, "tuning database file") if path.is_file() else {}
 
 
 def add_task_names(folder: Path, named: dict[str, str]) -> None:
@@ -148,8 +203,8 @@ def summarize(root: Path) -> list[dict]:
         raise InputError(f"{root}: no such directory")
     keys = []
     for folder in sorted(p for p in root.iterdir() if _is_db(p)):
+        db = _json_database(folder, create=False)  # validates the folder, key.json included
         key = json.loads((folder / KEY_FILE).read_text()) if (folder / KEY_FILE).is_file() else {}
-        db = _json_database(folder, create=False)
         names = read_task_names(folder)
         tasks: dict[str, dict] = {}
         for record in db.get_all_tuning_records():

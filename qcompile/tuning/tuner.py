@@ -144,6 +144,13 @@ def _run_worker(tmp: Path, job: dict, result: TuneResult) -> None:
         try:
             for line in proc.stdout:
                 _on_event(line, result, bar)
+        except BaseException:  # Ctrl-C, SIGTERM/SIGHUP: the tuner goes too (what it measured stays)
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
         finally:
             bar.close()
             code = proc.wait()

@@ -99,4 +99,6 @@ def test_auto_picks_the_method_with_the_least_error_per_tensor(spec):
         # minmax never wins on a heavy tail: clipping the tail costs less than the coarser grid
         if values is tensors["heavy tail"]:
             assert errors["minmax"] > errors[name]
-    assert winners <= set(AUTO_CANDIDATES)
+    # auto really chooses: on these three distributions no single method is best for all of them
+    # (measured: uint8 entropy/mse/minmax, int8 mse/minmax)
+    assert len(winners) >= 2, winners

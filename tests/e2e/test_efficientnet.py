@@ -10,13 +10,13 @@ from qcompile.runtime import Runner, open_artifact
 
 
 @pytest.fixture(scope="module")
-def effnet_artifact(efficientnet, tmp_path_factory):
-    out = tmp_path_factory.mktemp("effnet_art") / "art"
-    # The defaults are the best configuration measured: MSE ranges and bias correction (int8 per-channel
-    # weights alone cost ~19 dB of logit SQNR on this model; correcting their mean shift recovers ~5 dB).
-    config = qcompile.BuildConfig(input_shapes={"input": (1, 3, 224, 224)})  # the export has a dynamic batch
-    assert config.method == "mse" and config.bias_correction
-    return qcompile.build(efficientnet["model"], out, calib=efficientnet["calib"], config=config).artifact
+def effnet_artifact(effnet_int8):
+    # The default build (tests/conftest.py). The defaults are the best configuration measured: MSE ranges
+    # and bias correction (int8 per-channel weights alone cost ~19 dB of logit SQNR on this model;
+    # correcting their mean shift recovers ~5 dB), GPTQ rounding.
+    config = qcompile.BuildConfig()
+    assert config.method == "mse" and config.bias_correction and config.weight_rounding == "gptq"
+    return effnet_int8
 
 
 def test_int8_agrees_with_fp32_on_held_out_photos(efficientnet, effnet_artifact):

@@ -8,9 +8,8 @@ import qcompile
 
 
 @pytest.fixture(scope="module")
-def fashion_artifact(fashion, tmp_path_factory):
-    out = tmp_path_factory.mktemp("fashion_art") / "art"
-    return qcompile.build(fashion["model"], out, calib=fashion["calib"], config=qcompile.BuildConfig()).artifact
+def fashion_artifact(fashion_int8):
+    return fashion_int8  # the default build (tests/conftest.py)
 
 
 def test_int8_accuracy_matches_fp32_on_2000_test_images(fashion, fashion_artifact):

@@ -23,7 +23,7 @@ def switchable(fashion):
     plan = annotate_stage(canon, config, target)
     qparams = calibrate_stage(canon, plan, config, fashion["calib"], None)
     data = load_data(fashion["test"], canon.model.inputs, "evaluation")
-    data = type(data)({k: v[:200] for k, v in data.arrays.items()}, data.labels[:200], data.batch)
+    data = data.take(200)
     calibration = Calibration(qparams, bias_correction=True)
     sw = Switchable(
         canon.mod, plan, calibration, plan.quantized_layers, data, ["input"], planner(canon, config, target)

@@ -33,8 +33,24 @@ def test_fashion_int8_for_cuda_compiles_and_cannot_run_here(fashion, tmp_path, c
     assert "not packaged yet" in capsys.readouterr().err and not (tmp_path / "art" / "deploy").exists()
 
 
-@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_efficientnet_int8_for_cuda_compiles(efficientnet, effnet_int8, tmp_path):
+    """The x86 build's qparams (and GPTQ rounding) give the CUDA build the same integers."""
+    qparams = ["--qparams", str(effnet_int8 / "qparams.json")]
+    manifest = _build(efficientnet["model"], tmp_path / "art", "--target", "cuda-sm90", *qparams)
+    assert manifest["kernels"]["cuda"]["arch"] == "sm_90" and manifest["kernels"]["cuda"]["cubin_bytes"] > 100_000
+    assert manifest["quantization"]["activations"]["dtype"] == "uint8"
+
+
+def test_fashion_fp16_for_cuda_compiles(fashion, tmp_path):
+    manifest = _build(fashion["model"], tmp_path / "art", "--target", "cuda-sm86", "--bits", "32", "--fp16")
+    assert manifest["kernels"]["cuda"]["arch"] == "sm_86" and manifest["kernels"]["cuda"]["cubin_bytes"] > 10_000
+    assert manifest["quantization"]["activations"]["dtype"] == "float16"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp16"])
 def test_efficientnet_for_cuda_compiles(precision, efficientnet, tmp_path):
+    """The heavy variant: EfficientNet's float16 library (~2 minutes of nvcc)."""
     extra = ["--calib", str(efficientnet["calib"])] if precision == "int8" else ["--bits", "32", "--fp16"]
     manifest = _build(efficientnet["model"], tmp_path / "art", "--target", "cuda-sm90", *extra)
     assert manifest["kernels"]["cuda"]["arch"] == "sm_90" and manifest["kernels"]["cuda"]["cubin_bytes"] > 100_000

@@ -1,0 +1,48 @@
+"""Specialise a shipped ONNX model to the shapes (and fixed input values) it will be built for, then fold.
+
+The result is the graph qcompile compiles *and* the float reference `verify` runs in onnxruntime, so its
+sha256 goes into the manifest: verify prepares the model again and refuses a different graph."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from qcompile.frontend.fold import FoldReport, fold
+from qcompile.frontend.graph import tensor
+
+
+@dataclass(frozen=True)
+class Prepared:
+    proto: onnx.ModelProto
+    sha256: str
+    report: FoldReport
+
+
+def prepare(proto: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], fixed: Mapping[str, np.ndarray]) -> Prepared:
+    """`shapes`: every graph input kept as an input -> its concrete shape; `fixed`: inputs that become
+    constants (e.g. a sample rate), so the branches and shapes they decide fold away."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    graph = model.graph
+    kept = []
+    for value in graph.input:
+        if value.name in fixed:
+            graph.initializer.append(tensor(value.name, fixed[value.name]))
+            continue
+        if value.name in shapes:
+            shape = value.type.tensor_type.shape
+            del shape.dim[:]
+            for d in shapes[value.name]:
+                shape.dim.add().dim_value = int(d)
+        kept.append(value)
+    if len(kept) != len(graph.input):
+        del graph.input[:]
+        graph.input.extend(kept)
+    report = fold(model)
+    digest = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    return Prepared(model, digest, report)
