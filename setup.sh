@@ -19,6 +19,7 @@ fi
 python -m pip install -q -e ".[test]"
 if ! command -v nvcc >/dev/null 2>&1 && [ ! -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then
   echo "setup.sh: no CUDA toolkit here: pip install the CUDA compiler (qcompile finds it in site-packages)" >&2
-  python -m pip install -q "nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-crt==13.0.*"
+  python -m pip install -q "nvidia-cuda-nvcc==13.0.*" "nvidia-nvvm==13.0.*" "nvidia-cuda-crt==13.0.*" \
+    "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-cccl==13.0.*"
 fi
 python -m qcompile.zoo.shipped >/dev/null

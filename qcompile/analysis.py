@@ -45,6 +45,9 @@ def analyze(
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise InputError(f"-o {out}: exists and is not a directory")
+    from qcompile.artifact import check_creatable
+
+    check_creatable(out)  # before the minutes of analysis, not after
     started = time.perf_counter()
     canon = canonicalize_stage(load_stage(model, config))
     plan = annotate_stage(canon, config, TARGETS.get(config.target))

@@ -48,7 +48,7 @@ def check_output(output: str | Path, reads: Sequence[str | Path | None] = (), fo
             raise InputError(f"-o {output} lies inside the data folder {given}: write the artifact elsewhere")
     if out.exists() or out.is_symlink():
         _check_replaceable(out, output, force)
-    _check_creatable(out, output)
+    check_creatable(out, output)
     return out
 
 
@@ -72,10 +72,11 @@ def _check_replaceable(out: Path, given: str | Path, force: bool) -> None:
             raise InputError(f"output {given} holds a damaged qcompile artifact ({exc}); --force replaces it") from None
 
 
-def _check_creatable(out: Path, given: str | Path) -> None:
+def check_creatable(out: Path, given: str | Path | None = None) -> None:
     """Create (and remove) a directory where the staging folder will go: permissions, read-only and
     pseudo file systems (/proc, /sys) all show up here, before the build."""
-    parent = out.parent
+    given = out if given is None else given
+    parent = Path(os.path.abspath(out)).parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():

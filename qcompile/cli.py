@@ -362,13 +362,16 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated as exc:
         print(f"qcompile: terminated by {signal.Signals(exc.signum).name}", file=sys.stderr)
         return 128 + exc.signum
+    except BrokenPipeError:  # stdout went away (| head): nothing to report, and nothing more to print
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except Exception as exc:  # a bug in qcompile or TVM, not the user's input
         if os.environ.get("QCOMPILE_DEBUG"):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         print(
-            f"qcompile: internal error: {type(exc).__name__}: {one_line(first)} (set QCOMPILE_DEBUG=1 for a "
-            "traceback)",
+            f"qcompile: internal error: {type(exc).__name__}: {one_line(first)} (set QCOMPILE_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )
         return 1

@@ -120,18 +120,6 @@ def load_onnx(
         raise InputError(f"model file {path} cannot be read ({exc.strerror})") from None
     proto = _parse(path, data)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < MIN_OPSET:
-        raise UnsupportedModelError(f"{path} uses ONNX opset {opset}; qcompile needs opset {MIN_OPSET} or newer")
-    max_opset = onnx.defs.onnx_opset_version()
-    if opset > max_opset:
-        raise UnsupportedModelError(
-            f"{path} declares ONNX opset {opset}; the installed onnx {onnx.__version__} knows opsets up to {max_opset}"
-        )
-    if proto.ir_version > onnx.IR_VERSION:
-        raise UnsupportedModelError(
-            f"{path} has ONNX IR version {proto.ir_version}; the installed onnx {onnx.__version__} reads up to "
-            f"{onnx.IR_VERSION}"
-        )
     fixed = _fixed_values(proto, fixed_inputs or {})
     inputs, untyped = _input_specs(proto, input_shapes or {}, set(fixed))
     prepared = prepare(proto, {s.name: s.shape for s in inputs}, fixed)
@@ -161,6 +149,7 @@ def _parse(path: Path, data: bytes) -> onnx.ModelProto:
         raise InputError(f"{path} is not a readable ONNX model ({_first_line(exc)})") from None
     if not proto.graph.node:
         raise InputError(f"{path} is not a readable ONNX model (no graph nodes; truncated or not ONNX)")
+    _check_versions(proto, path)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
         from onnx.external_data_helper import load_external_data_for_model
 
@@ -173,6 +162,23 @@ def _parse(path: Path, data: bytes) -> onnx.ModelProto:
     except Exception as exc:
         raise InputError(f"{path} is not a valid ONNX model: {_first_line(exc)}") from None
     return proto
+
+
+def _check_versions(proto: onnx.ModelProto, path: Path) -> None:
+    """The IR version and opset the installed onnx (and so TVM's importer) understands."""
+    if proto.ir_version > onnx.IR_VERSION:
+        raise UnsupportedModelError(
+            f"{path} has ONNX IR version {proto.ir_version}; the installed onnx {onnx.__version__} reads up to "
+            f"{onnx.IR_VERSION}"
+        )
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise UnsupportedModelError(f"{path} uses ONNX opset {opset}; qcompile needs opset {MIN_OPSET} or newer")
+    max_opset = onnx.defs.onnx_opset_version()
+    if opset > max_opset:
+        raise UnsupportedModelError(
+            f"{path} declares ONNX opset {opset}; the installed onnx {onnx.__version__} knows opsets up to {max_opset}"
+        )
 
 
 def check_supported_ops(proto: onnx.ModelProto) -> None:

@@ -14,7 +14,6 @@ match no layer are errors: a typo must not silently leave the model all-int8.
 from __future__ import annotations
 
 import fnmatch
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,12 +73,11 @@ class PrecisionSpec:
     def load(path: str | Path) -> PrecisionSpec:
         """A precision file (JSON: {"default": "int8", "layers": {"name or glob": "fp32", ...}}), as the
         automatic search writes it into the artifact (precision.json)."""
-        try:
-            doc = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise InputError(f"--precision-file {path}: no such file") from None
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--precision-file {path}: not a JSON precision file ({exc})") from None
+        from qcompile.manifest import load_json_file
+
+        if not Path(path).is_file():
+            raise InputError(f"--precision-file {path}: no such file")
+        doc = load_json_file(Path(path), "--precision-file")
         if not isinstance(doc, dict):
             raise InputError(f"--precision-file {path}: expected a JSON object with 'default' and 'layers'")
         return PrecisionSpec.from_json(doc)

@@ -87,7 +87,7 @@ def yolo(tmp_path_factory) -> dict[str, Path]:
     from qcompile.zoo.shipped import shipped_model
 
     d = tmp_path_factory.mktemp("yolo")
-    np.savez(d / "calib.npz", images=detection_views(32, seed=CALIB_SEED))
+    np.savez(d / "calib.npz", images=detection_views(16, seed=CALIB_SEED))
     np.savez(d / "eval.npz", images=detection_views(64))
     return {"model": shipped_model("yolov8n"), "calib": d / "calib.npz", "eval": d / "eval.npz", "dir": d}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +26,12 @@ def qparams_to_json(qparams: dict[str, QParams], model_sha256: str, method: str)
 
 
 def load_qparams(path: str | Path, model_sha256: str, plan: QuantPlan) -> dict[str, QParams]:
+    from qcompile.manifest import load_json_file
+
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"qparams file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not a qparams JSON file ({exc})") from None
+    if not path.is_file():
+        raise InputError(f"qparams file not found: {path}")
+    doc = load_json_file(path, "qparams file")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise InputError(f"{path} is not a qcompile qparams file (format {FORMAT})")
     if doc.get("model_sha256") != model_sha256:
@@ -43,7 +41,7 @@ def load_qparams(path: str | Path, model_sha256: str, plan: QuantPlan) -> dict[s
             k: QParams(float(v["scale"]), int(v["zero_point"]), str(v["dtype"]), _means(v.get("channel_mean")))
             for k, v in doc["sites"].items()
         }
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise InputError(f"{path} has a malformed site entry ({exc})") from None
     missing = sorted(set(plan.sites) - set(qparams))
     wrong = sorted(s for s in plan.sites if s in qparams and qparams[s].dtype != plan.sites[s].dtype)
@@ -66,6 +64,8 @@ def load_rounding(qparams_path: str | Path) -> dict[str, np.ndarray] | None:
         return None
     try:
         with np.load(path, allow_pickle=False) as npz:
+            if not hasattr(npz, "files"):
+                raise ValueError("a single array, not an .npz archive")
             return {k: np.asarray(npz[k]) for k in npz.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, KeyError) as exc:
         raise InputError(f"{path} is not a weight-rounding file ({exc})") from None

@@ -66,11 +66,12 @@ def nvcc() -> str:
 
 
 def _pip_nvcc() -> str | None:
+    """nvidia/cuXX/bin/nvcc of the nvidia-cuda-nvcc wheel, wherever Python imports packages from."""
     import glob
-    import sysconfig
+    import sys
 
-    for root in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
-        for candidate in sorted(glob.glob(os.path.join(root, "nvidia", "cu*", "bin", "nvcc")), reverse=True):
+    for root in sys.path:
+        for candidate in sorted(glob.glob(os.path.join(root or ".", "nvidia", "cu*", "bin", "nvcc")), reverse=True):
             if os.access(candidate, os.X_OK):
                 return candidate
     return None

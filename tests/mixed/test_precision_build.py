@@ -16,10 +16,10 @@ def _build(tmp_path, fashion, name, *extra):
     return out
 
 
-def _verify(out, fashion):
+def _verify(out, fashion, data=None):
     import qcompile
 
-    return qcompile.verify(out, fashion["model"], fashion["test"])["outputs"]["logits"]
+    return qcompile.verify(out, fashion["model"], data or fashion["test"])["outputs"]["logits"]
 
 
 def test_int16_and_fp32_layers_by_name_and_glob(tmp_path, fashion):
@@ -44,15 +44,18 @@ def test_int16_and_fp32_layers_by_name_and_glob(tmp_path, fashion):
     assert m["top1_drop"] <= 0.3 and m["sqnr_db"] > 40.0, m
 
 
-def test_search_meets_an_sqnr_budget_and_its_precision_file_rebuilds_it(tmp_path, fashion):
-    plain = _verify(_build(tmp_path, fashion, "int8"), fashion)
+def test_search_meets_an_sqnr_budget_and_its_precision_file_rebuilds_it(tmp_path, fashion, fashion_int8):
+    data = np.load(fashion["test"])
+    subset = tmp_path / "test500.npz"  # 500 of the 2000 test images: each configuration is one pass over them
+    np.savez(subset, input=data["input"][:500], labels=data["labels"][:500])
+    plain = _verify(fashion_int8, fashion, subset)
     budget = plain["sqnr_db"] + 4.0
-    out = _build(tmp_path, fashion, "auto", "--eval", str(fashion["test"]), "--min-sqnr", str(budget))
+    out = _build(tmp_path, fashion, "auto", "--eval", str(subset), "--min-sqnr", str(budget))
     report = json.loads((out / "mixed_precision.json").read_text())
     assert report["verified"]["met"] and report["verified"]["sqnr_db"] >= budget
     assert 0 < len(report["float_layers"]) < 6
     assert report["sensitivity"] and report["evaluated"][0]["note"] == "all integer"
-    assert _verify(out, fashion)["sqnr_db"] >= budget > plain["sqnr_db"]
+    assert _verify(out, fashion, subset)["sqnr_db"] >= budget > plain["sqnr_db"]
     again = _build(tmp_path, fashion, "again", "--precision-file", str(out / "precision.json"))
     x = {"input": np.load(fashion["eval"])["input"][:8]}
     a, b = Runner(open_artifact(out)), Runner(open_artifact(again))

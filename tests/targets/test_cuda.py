@@ -64,7 +64,23 @@ def test_cuda_without_nvcc_and_fp16_on_cpu_are_clear_errors(fashion, tmp_path, m
     assert "--fp16 is for GPU targets" in capsys.readouterr().err
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setenv("CUDA_HOME", str(tmp_path / "nocuda"))
+    monkeypatch.setattr("qcompile.deploy.toolchain._pip_nvcc", lambda: None)  # no nvidia-cuda-nvcc wheel either
     assert main(["build", str(fashion["model"]), "--target", "cuda-sm80", "--bits", "32", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nvcc" in err and "install the CUDA toolkit" in err
     assert not out.exists()
+
+
+def test_nvcc_from_the_pypi_wheel_is_found(tmp_path, monkeypatch):
+    """Where no CUDA toolkit is installed, setup.sh pip-installs nvidia-cuda-nvcc; qcompile finds its nvcc
+    (nvidia/cuXX/bin/nvcc) on the import path."""
+    from qcompile.deploy.toolchain import nvcc
+
+    fake = tmp_path / "nvidia" / "cu13" / "bin" / "nvcc"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "nocuda"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert nvcc() == str(fake)
