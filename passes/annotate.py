@@ -10,9 +10,10 @@ import tvm
 from tvm import relax
 
 from qcompile.errors import InputError
-from qcompile.passes.plan import OpPlan, QuantPlan, SiteSpec, root_site
+from qcompile.passes.plan import OpPlan, QuantPlan, root_site
 from qcompile.passes.rewrite import main_bindings, op_name, operands, var_uses
 from qcompile.passes.rules import OP_RULES, AnnotateContext
+from qcompile.passes.scheme import WEIGHT_INT8, QuantSpec
 
 
 def resolve_skips(layer_names: list[str], skip: Iterable[str], skip_first: bool, skip_last: bool) -> frozenset[str]:
@@ -33,12 +34,14 @@ def annotate(
     mod: tvm.IRModule,
     *,
     layer_of: Mapping[str, str],
-    act: SiteSpec,
+    act: QuantSpec,
     bits: int,
     target: str,
     skip: frozenset[str] = frozenset(),
-    layer_act: Mapping[str, SiteSpec] | None = None,
+    layer_act: Mapping[str, QuantSpec] | None = None,
     precisions: Mapping[str, str] | None = None,
+    weight: QuantSpec = WEIGHT_INT8,
+    layer_weight: Mapping[str, QuantSpec] | None = None,
 ) -> QuantPlan:
     func = mod["main"]
     bindings = main_bindings(func)
@@ -54,6 +57,8 @@ def annotate(
         skip=skip,
         act=act,
         layer_act=dict(layer_act or {}),
+        weight=weight,
+        layer_weight=dict(layer_weight or {}),
     )
     ops = []
     absorbed: set[str] = set()
@@ -69,7 +74,6 @@ def annotate(
     return QuantPlan(
         bits=bits,
         target=target,
-        weight_dtype="int8",
         ops=tuple(ops),
         sites=sites,
         aliases=dict(ctx.aliases),
@@ -81,7 +85,7 @@ def annotate(
 def _layer_precision(
     ops: list[OpPlan],
     float_layers: list[str],
-    sites: dict[str, SiteSpec],
+    sites: dict[str, QuantSpec],
     aliases: dict[str, str],
     asked: Mapping[str, str],
 ) -> dict[str, str]:
@@ -96,7 +100,7 @@ def _layer_precision(
     return out
 
 
-def _dequantize_wide_outputs(ops: list[OpPlan], sites: dict[str, SiteSpec]) -> tuple[list[OpPlan], dict]:
+def _dequantize_wide_outputs(ops: list[OpPlan], sites: dict[str, QuantSpec]) -> tuple[list[OpPlan], dict]:
     """A conv/matmul whose result no integer op reads never needs its 8-bit output site."""
     read_as_integer = {name for op in ops for name in op.inputs}
     out = []

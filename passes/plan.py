@@ -6,29 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ACT_DTYPES = ("int8", "uint8", "int16")
+from qcompile.passes.scheme import DTYPE_RANGES, QuantSpec
 
-
-@dataclass(frozen=True)
-class SiteSpec:
-    """How one activation tensor (a *site*) is stored when integer."""
-
-    dtype: str
-    symmetric: bool
-
-    def __post_init__(self) -> None:
-        if self.dtype not in ACT_DTYPES:
-            raise ValueError(f"site dtype must be one of {ACT_DTYPES}, got {self.dtype!r}")
-        if self.dtype == "uint8" and self.symmetric:
-            raise ValueError("uint8 sites are asymmetric by construction")
-
-    @property
-    def qmin(self) -> int:
-        return {"int8": -128, "uint8": 0, "int16": -32768}[self.dtype]
-
-    @property
-    def qmax(self) -> int:
-        return {"int8": 127, "uint8": 255, "int16": 32767}[self.dtype]
+ACT_DTYPES = ("int8", "uint8", "int16")  # what an activation site can be stored as
 
 
 def root_site(aliases: dict[str, str], var: str) -> str:
@@ -64,6 +44,7 @@ class OpPlan:
     clamp: tuple[float, float] | None = None
     float_output: bool = False  # only float ops read the result: dequantize the accumulator directly
     activation: str | None = None  # a float activation computed between the accumulator and the output
+    weight: QuantSpec | None = None  # how a layer's constant weights are stored (None: no weights)
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -78,9 +59,8 @@ class QuantPlan:
 
     bits: int
     target: str
-    weight_dtype: str
     ops: tuple[OpPlan, ...]
-    sites: dict[str, SiteSpec] = field(default_factory=dict)
+    sites: dict[str, QuantSpec] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     float_layers: tuple[str, ...] = ()
     layer_precision: dict[str, str] = field(default_factory=dict)  # every layer: int8 | int16 | fp16 | fp32
@@ -97,12 +77,12 @@ class QuantPlan:
         return {
             "bits": self.bits,
             "target": self.target,
-            "weight_dtype": self.weight_dtype,
             "quantized_layers": list(self.quantized_layers),
             "float_layers": list(self.float_layers),
             "layer_precision": dict(self.layer_precision),
             "integer_ops": [op.rule for op in self.ops],
-            "sites": {k: {"dtype": v.dtype, "symmetric": v.symmetric} for k, v in self.sites.items()},
+            "sites": {k: v.to_json() for k, v in self.sites.items()},
+            "weights": {op.layer: op.weight.to_json() for op in self.ops if op.layer and op.weight is not None},
         }
 
 
@@ -118,17 +98,18 @@ class QParams:
     def __post_init__(self) -> None:
         if not (self.scale > 0 and self.scale < float("inf")):
             raise ValueError(f"scale must be positive and finite, got {self.scale}")
-        spec = SiteSpec(self.dtype, symmetric=self.dtype != "uint8" and self.zero_point == 0)
-        if not spec.qmin <= self.zero_point <= spec.qmax:
+        if self.dtype not in ACT_DTYPES:
+            raise ValueError(f"site dtype must be one of {ACT_DTYPES}, got {self.dtype!r}")
+        if not self.qmin <= self.zero_point <= self.qmax:
             raise ValueError(f"zero point {self.zero_point} outside {self.dtype} range")
 
     @property
     def qmin(self) -> int:
-        return SiteSpec(self.dtype, self.dtype != "uint8").qmin
+        return DTYPE_RANGES[self.dtype][0]
 
     @property
     def qmax(self) -> int:
-        return SiteSpec(self.dtype, self.dtype != "uint8").qmax
+        return DTYPE_RANGES[self.dtype][1]
 
     def quantize_real(self, value: float) -> int:
         """The integer that represents `value`, clamped to the dtype range."""
@@ -136,7 +117,7 @@ class QParams:
         return int(min(max(q, self.qmin), self.qmax))
 
     @staticmethod
-    def from_range(lo: float, hi: float, spec: SiteSpec) -> QParams:
+    def from_range(lo: float, hi: float, spec: QuantSpec) -> QParams:
         """The (scale, zero point) covering [lo, hi]; the range always contains 0 so 0 is exact."""
         lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
         if spec.symmetric:

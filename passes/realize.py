@@ -16,6 +16,7 @@ from qcompile.passes.plan import QParams, QuantPlan
 from qcompile.passes.rewrite import Env, copy_binding, main_bindings, operands, replay, substitute
 from qcompile.passes.rules import OP_RULES, QTensor
 from qcompile.passes.rules.emit import dequantize, quantize
+from qcompile.passes.scheme import QuantSpec
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class _Realizer:
         if site not in self.params:
             raise QCompileError(f"no quantization parameters for tensor {site!r}: calibrate again")
         return self.params[site]
+
+    def site_spec(self, var: relax.Var) -> QuantSpec:
+        """The spec of the site whose integers `var` holds (through pass-through aliases)."""
+        return self.plan.sites[self.plan.site_of(var.name)]
 
     def quantized(self, var: relax.Var) -> QTensor:
         if var.name not in self.ints:

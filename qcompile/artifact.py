@@ -199,17 +199,16 @@ def _quantization(config: BuildConfig, plan: QuantPlan, target: TargetSpec) -> d
             "weights": {"dtype": config.float_dtype},
             "config": config.to_json(),
         }
+    from qcompile.passes.scheme import accumulator
+
     policy = target.activation_policy(config.bits)
+    layer_weights = [op.weight for op in plan.ops if op.layer is not None and op.weight is not None]
     return {
         "bits": config.bits,
-        "activations": {
-            "dtype": policy.dtype,
-            "symmetric": policy.symmetric,
-            "granularity": "per-tensor",
-            "why": policy.reason,
-        },
-        "weights": {"dtype": plan.weight_dtype, "symmetric": True, "granularity": "per-output-channel"},
-        "accumulator": "int64" if config.bits == 16 else "int32",
+        "activations": {**policy.spec.to_json(), "why": policy.reason},
+        "weights": target.weights.to_json(),  # the default; plan.json has every layer's spec
+        "weight_schemes": [json.loads(s) for s in sorted({json.dumps(w.to_json()) for w in layer_weights})],
+        "accumulator": accumulator(policy.spec, target.weights),
         "requantize": "fixed-point: 32x32->64-bit multiply by a per-channel multiplier, round half up, right "
         "shift (high 32 bits in int32 where that is exact, else int64), + zero point, clamp",
         "config": config.to_json(),

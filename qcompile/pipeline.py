@@ -24,7 +24,7 @@ from qcompile.mixed import Budget
 from qcompile.model import OnnxModel, load_onnx, output_specs, to_relax
 from qcompile.passes.annotate import annotate, resolve_skips
 from qcompile.passes.canonicalize import canonicalize
-from qcompile.passes.plan import QParams, QuantPlan, SiteSpec
+from qcompile.passes.plan import QParams, QuantPlan
 from qcompile.passes.realize import Calibration, RealizeIntegerOps
 from qcompile.precision import FLOAT_PRECISIONS, PrecisionSpec, default_precision
 from qcompile.targets import TARGETS, TargetSpec
@@ -93,12 +93,12 @@ def annotate_stage(canon: Canonical, config: BuildConfig, target: TargetSpec) ->
     wide = {name for name, p in precisions.items() if p == "int16" and default_bits != 16}
     layer_act = {}
     if wide:
-        policy16 = target.activation_policy(16)
-        layer_act = dict.fromkeys(wide, SiteSpec(policy16.dtype, policy16.symmetric))
+        layer_act = dict.fromkeys(wide, target.activation_policy(16).spec)
     return annotate(
         canon.mod,
         layer_of=canon.layer_of,
-        act=SiteSpec(policy.dtype, policy.symmetric),
+        act=policy.spec,
+        weight=target.weights,
         bits=config.bits,
         target=target.name,
         skip=frozenset(name for name, p in precisions.items() if p in FLOAT_PRECISIONS),

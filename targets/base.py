@@ -7,6 +7,7 @@ from typing import Any
 
 from qcompile.errors import QCompileError
 from qcompile.kernels.spec import CpuKernelSpec
+from qcompile.passes.scheme import WEIGHT_INT8, QuantSpec
 from qcompile.registry import Registry
 
 
@@ -21,8 +22,12 @@ class ActivationPolicy:
     def __post_init__(self) -> None:
         if self.dtype not in ("int8", "uint8", "int16"):
             raise ValueError(f"unsupported activation dtype {self.dtype!r}")
-        if self.dtype == "uint8" and self.symmetric:
-            raise ValueError("uint8 activations must be asymmetric (zero point 128 for symmetric data)")
+        self.spec  # noqa: B018  (validates the combination: uint8 is affine, ...)
+
+    @property
+    def spec(self) -> QuantSpec:
+        """The site spec of the target's activations at this width."""
+        return QuantSpec(self.dtype, self.symmetric)
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class TargetSpec:
     description: str
     tvm_target: dict[str, Any]
     activations: dict[int, ActivationPolicy]
-    weight_dtype: str = "int8"
+    weights: QuantSpec = WEIGHT_INT8  # the default spec of a layer's weights (per-layer rules override it)
     runs_on_host: bool = True
     library_name: str = "model.so"
     cpu_flags: tuple[str, ...] = ()  # /proc/cpuinfo flags the library's instructions need

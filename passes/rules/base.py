@@ -12,7 +12,8 @@ import numpy as np
 from tvm import relax
 
 from qcompile.calibration.rounding import WeightRounding
-from qcompile.passes.plan import OpPlan, QParams, SiteSpec, root_site
+from qcompile.passes.plan import OpPlan, QParams, root_site
+from qcompile.passes.scheme import WEIGHT_INT8, QuantSpec
 from qcompile.registry import Registry
 
 
@@ -33,10 +34,12 @@ class AnnotateContext:
     consumers: dict[relax.Var, list[relax.VarBinding]]
     layer_of: dict[str, str]
     skip: frozenset[str]
-    act: SiteSpec
-    layer_act: dict[str, SiteSpec] = field(default_factory=dict)  # layers whose input is wider (int16)
+    act: QuantSpec
+    layer_act: dict[str, QuantSpec] = field(default_factory=dict)  # layers whose input is wider (int16)
+    weight: QuantSpec = WEIGHT_INT8  # the target's weight spec
+    layer_weight: dict[str, QuantSpec] = field(default_factory=dict)  # per-layer weight specs (rules)
     integer: set[str] = field(default_factory=set)
-    sites: dict[str, SiteSpec] = field(default_factory=dict)
+    sites: dict[str, QuantSpec] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     float_layers: list[str] = field(default_factory=list)
 
@@ -52,7 +55,10 @@ class AnnotateContext:
         users = self.consumers.get(var, [])
         return users[0] if len(users) == 1 and self.uses.get(var, 0) == 1 else None
 
-    def need_site(self, var: relax.Var, spec: SiteSpec | None = None) -> None:
+    def weight_spec(self, layer: str) -> QuantSpec:
+        return self.layer_weight.get(layer, self.weight)
+
+    def need_site(self, var: relax.Var, spec: QuantSpec | None = None) -> None:
         """`var` enters integer compute: calibrate it unless it already is integer (and so has qparams).
         `spec` (an int16 layer's input) widens the tensor's site, also when another op produces it: a
         tensor is stored at the widest precision any of its integer readers asks for."""
@@ -75,8 +81,8 @@ class AnnotateContext:
             self.aliases[var] = alias_of
 
 
-def _bits(spec: SiteSpec) -> int:
-    return 16 if spec.dtype == "int16" else 8
+def _bits(spec: QuantSpec) -> int:
+    return spec.bits
 
 
 class RealizeContext(Protocol):
@@ -88,6 +94,8 @@ class RealizeContext(Protocol):
     def quantized(self, var: relax.Var) -> QTensor: ...
 
     def qparams(self, var: str) -> QParams: ...
+
+    def site_spec(self, var: relax.Var) -> QuantSpec: ...
 
     def input_mean(self, var: relax.Var) -> np.ndarray | None: ...
 

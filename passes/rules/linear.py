@@ -15,24 +15,25 @@ from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext,
 from qcompile.passes.rules.chain import apply_activation, follow_chain
 from qcompile.passes.rules.emit import channel_shape, clamp_bounds, int_const, quantize, requantize
 from qcompile.passes.rules.fixed_point import bits_needed
-
-WEIGHT_QMAX = 127
+from qcompile.passes.scheme import WEIGHT_INT8, QuantSpec, accumulator
 
 
 def quantize_weight(
-    weight: np.ndarray, axis: int, min_scale: np.ndarray | float = 0.0
+    weight: np.ndarray, axis: int, min_scale: np.ndarray | float = 0.0, spec: QuantSpec = WEIGHT_INT8
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-channel int8 along `axis`: (int8 weights, per-channel scales).
+    """Symmetric per-channel integers of `spec` along `axis`: (integer weights, per-channel scales).
 
     `min_scale` floors each channel's scale: a dead channel (weights ~0 after batch-norm folding) with
     a real bias would otherwise need a bias of bias / (s_x * s_w) that overflows the accumulator."""
+    if not spec.symmetric or spec.granularity != "channel":
+        raise ValueError(f"per-channel symmetric weights expected, got {spec}")
     moved = np.moveaxis(weight.astype(np.float64), axis, 0)
     absmax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
-    scale = np.maximum(absmax / WEIGHT_QMAX, min_scale)
+    scale = np.maximum(absmax / spec.qmax, min_scale)
     scale = np.where(scale > 0, scale, 1.0)
     shape = [1] * weight.ndim
     shape[axis] = -1
-    q = np.clip(np.round(weight / scale.reshape(shape)), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+    q = np.clip(np.round(weight / scale.reshape(shape)), spec.qmin, spec.qmax).astype(spec.storage)
     return q, scale
 
 
@@ -80,6 +81,7 @@ class LinearRule:
         chain = follow_chain(ctx, binding.var, bias_ok=lambda a: a.size in (1, channels), float_activation=True)
         ctx.need_site(data, ctx.layer_act.get(layer))
         ctx.produce(chain.output.name)
+        weight_spec = ctx.weight_spec(layer)
         return OpPlan(
             var=binding.var.name,
             rule=op_name(binding.value),
@@ -90,6 +92,7 @@ class LinearRule:
             bias=chain.bias,
             clamp=chain.clamp,
             activation=chain.activation,
+            weight=weight_spec,
         )
 
     def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> QTensor | relax.Expr:
@@ -100,13 +103,15 @@ class LinearRule:
         bias = np.zeros(channels)
         if plan.bias is not None:
             bias = np.broadcast_to(const_value(ctx.binding(plan.bias).value.args[1]).reshape(-1), (channels,))
-        acc_dtype = "int64" if x.qparams.dtype == "int16" else "int32"
+        w_spec = plan.weight or WEIGHT_INT8
+        acc_dtype = accumulator(ctx.site_spec(call.args[0]), w_spec)
         bias_limit = 2.0**40 if acc_dtype == "int64" else 2.0**29  # headroom for the products' sum
-        wq, w_scale = quantize_weight(weight, self.weight_axis, np.abs(bias) / (x.qparams.scale * bias_limit))
+        min_scale = np.abs(bias) / (x.qparams.scale * bias_limit)
+        wq, w_scale = quantize_weight(weight, self.weight_axis, min_scale, w_spec)
         if ctx.rounding is not None:
             groups = self.row_groups(call, channels)
-            rows = ctx.rounding.round(plan.var, self.rows(weight), w_scale, groups, WEIGHT_QMAX)
-            wq = self.from_rows(rows, weight.shape).astype(np.int8)
+            rows = ctx.rounding.round(plan.var, self.rows(weight), w_scale, groups, w_spec.qmax)
+            wq = self.from_rows(rows, weight.shape).astype(w_spec.storage)
         mean = ctx.input_mean(call.args[0])
         if mean is not None:
             bias = bias + self.weight_error_shift(call, weight, wq, w_scale, mean)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from qcompile.calibration.observer import RangeObserver
-from qcompile.passes.plan import QParams, SiteSpec
+from qcompile.passes.plan import QParams
+from qcompile.passes.scheme import QuantSpec
 from qcompile.registry import Registry
 
 
@@ -26,30 +27,30 @@ class MethodOptions:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
 
 
-RangeMethod = Callable[[RangeObserver, SiteSpec, MethodOptions], tuple[float, float]]
+RangeMethod = Callable[[RangeObserver, QuantSpec, MethodOptions], tuple[float, float]]
 CALIBRATORS: Registry[RangeMethod] = Registry("calibration method")
 
 
 @CALIBRATORS.register("minmax")
-def minmax(obs: RangeObserver, spec: SiteSpec, opts: MethodOptions) -> tuple[float, float]:
+def minmax(obs: RangeObserver, spec: QuantSpec, opts: MethodOptions) -> tuple[float, float]:
     return obs.min, obs.max
 
 
 @CALIBRATORS.register("percentile")
-def percentile(obs: RangeObserver, spec: SiteSpec, opts: MethodOptions) -> tuple[float, float]:
+def percentile(obs: RangeObserver, spec: QuantSpec, opts: MethodOptions) -> tuple[float, float]:
     tail = 1.0 - opts.percentile / 100.0
     lo = obs.quantile(tail) if obs.min < 0 else obs.min
     return lo, obs.quantile(1.0 - tail)
 
 
-def _levels(obs: RangeObserver, spec: SiteSpec) -> int:
+def _levels(obs: RangeObserver, spec: QuantSpec) -> int:
     """Quantization levels available to the magnitude side that a threshold clips."""
     full = spec.qmax - spec.qmin + 1
     return full if obs.min >= 0 and not spec.symmetric else full // 2
 
 
 @CALIBRATORS.register("entropy")
-def entropy(obs: RangeObserver, spec: SiteSpec, opts: MethodOptions) -> tuple[float, float]:
+def entropy(obs: RangeObserver, spec: QuantSpec, opts: MethodOptions) -> tuple[float, float]:
     # Exact zeros (half of a ReLU output) would dominate the divergence and drag the threshold down,
     # yet they are exact at every scale: leave them out.
     hist = obs.abs_hist(drop_zeros=True)
@@ -81,7 +82,7 @@ def _kl_for_threshold(hist: np.ndarray, i: int, levels: int) -> float:
     return float(np.sum(p[mask] * np.log(p[mask] / q_safe)))
 
 
-def range_error(obs: RangeObserver, spec: SiteSpec, lo: float, hi: float) -> float:
+def range_error(obs: RangeObserver, spec: QuantSpec, lo: float, hi: float) -> float:
     """Expected squared error (clipping plus rounding) of quantizing the observed values to [lo, hi]."""
     keep = obs.hist > 0
     centers, counts = obs.centers()[keep], obs.hist[keep]
@@ -91,7 +92,7 @@ def range_error(obs: RangeObserver, spec: SiteSpec, lo: float, hi: float) -> flo
 
 
 @CALIBRATORS.register("mse")
-def mse(obs: RangeObserver, spec: SiteSpec, opts: MethodOptions) -> tuple[float, float]:
+def mse(obs: RangeObserver, spec: QuantSpec, opts: MethodOptions) -> tuple[float, float]:
     best, best_err = (obs.min, obs.max), np.inf
     for alpha in np.linspace(0.05, 1.0, 96):
         lo, hi = obs.min * alpha, obs.max * alpha
@@ -104,7 +105,7 @@ def mse(obs: RangeObserver, spec: SiteSpec, opts: MethodOptions) -> tuple[float,
 AUTO_CANDIDATES = ("minmax", "percentile", "entropy", "mse")
 
 
-def best_method(obs: RangeObserver, spec: SiteSpec, opts: MethodOptions) -> tuple[str, tuple[float, float]]:
+def best_method(obs: RangeObserver, spec: QuantSpec, opts: MethodOptions) -> tuple[str, tuple[float, float]]:
     """Every candidate method's range from the same histogram, scored by the tensor's quantization error."""
     scored = []
     for name in AUTO_CANDIDATES:
@@ -115,11 +116,11 @@ def best_method(obs: RangeObserver, spec: SiteSpec, opts: MethodOptions) -> tupl
 
 
 @CALIBRATORS.register("auto")
-def auto(obs: RangeObserver, spec: SiteSpec, opts: MethodOptions) -> tuple[float, float]:
+def auto(obs: RangeObserver, spec: QuantSpec, opts: MethodOptions) -> tuple[float, float]:
     """Per tensor, the range of whichever method (minmax, percentile, entropy, mse) quantizes it best."""
     return best_method(obs, spec, opts)[1]
 
 
-def qparams_for(obs: RangeObserver, spec: SiteSpec, method: str, opts: MethodOptions) -> QParams:
+def qparams_for(obs: RangeObserver, spec: QuantSpec, method: str, opts: MethodOptions) -> QParams:
     lo, hi = CALIBRATORS.get(method)(obs, spec, opts)
     return QParams.from_range(lo, hi, spec)

@@ -4,10 +4,11 @@ import pytest
 from qcompile.calibration.methods import CALIBRATORS, MethodOptions, qparams_for
 from qcompile.calibration.observer import BINS, RangeObserver
 from qcompile.errors import CalibrationDataError, QCompileError
-from qcompile.passes.plan import QParams, SiteSpec
+from qcompile.passes.plan import QParams
+from qcompile.passes.scheme import QuantSpec
 
-U8 = SiteSpec("uint8", symmetric=False)
-I8 = SiteSpec("int8", symmetric=True)
+U8 = QuantSpec("uint8", symmetric=False)
+I8 = QuantSpec("int8", symmetric=True)
 
 
 def _observe(*chunks: np.ndarray) -> RangeObserver:

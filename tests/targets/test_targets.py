@@ -9,7 +9,7 @@ def test_x86_policy_is_u8_activations_s8_weights():
     spec = TARGETS.get("x86")
     assert spec.activation_policy(8).dtype == "uint8" and not spec.activation_policy(8).symmetric
     assert spec.activation_policy(16).dtype == "int16" and spec.activation_policy(16).symmetric
-    assert spec.weight_dtype == "int8"
+    assert spec.weights.dtype == "int8" and spec.weights.granularity == "channel" and spec.weights.qmin == -127
     target = spec.tvm()
     assert target.kind.name == "llvm" and "x86_64" in str(target.attrs["mtriple"])
 
