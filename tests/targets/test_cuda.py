@@ -33,8 +33,10 @@ def test_fashion_int8_for_cuda_compiles_and_cannot_run_here(fashion, tmp_path, c
     assert "not packaged yet" in capsys.readouterr().err and not (tmp_path / "art" / "deploy").exists()
 
 
+@pytest.mark.slow
 def test_efficientnet_int8_for_cuda_compiles(efficientnet, effnet_int8, tmp_path):
-    """The x86 build's qparams (and GPTQ rounding) give the CUDA build the same integers."""
+    """The x86 build's qparams (and GPTQ rounding) give the CUDA build the same integers (the heavy
+    variant of the Fashion CUDA test above: ~30 s of nvcc)."""
     qparams = ["--qparams", str(effnet_int8 / "qparams.json")]
     manifest = _build(efficientnet["model"], tmp_path / "art", "--target", "cuda-sm90", *qparams)
     assert manifest["kernels"]["cuda"]["arch"] == "sm_90" and manifest["kernels"]["cuda"]["cubin_bytes"] > 100_000
