@@ -70,15 +70,17 @@ def annotate(
         if plan is not None:
             ops.append(plan)
             absorbed.update(plan.fused)
+    ops = _drop_float_only(ops)
     ops, sites = _dequantize_wide_outputs(ops, dict(ctx.sites))
+    sites, aliases = _used(ops, sites, dict(ctx.aliases))
     return QuantPlan(
         bits=bits,
         target=target,
         ops=tuple(ops),
         sites=sites,
-        aliases=dict(ctx.aliases),
+        aliases=aliases,
         float_layers=tuple(ctx.float_layers),
-        layer_precision=_layer_precision(ops, ctx.float_layers, sites, dict(ctx.aliases), precisions or {}),
+        layer_precision=_layer_precision(ops, ctx.float_layers, sites, aliases, precisions or {}),
     )
 
 
@@ -98,6 +100,28 @@ def _layer_precision(
             widths = {sites[root].dtype for root in roots if root in sites}
             out[op.layer] = "int16" if "int16" in widths else "int8"
     return out
+
+
+def _drop_float_only(ops: list[OpPlan]) -> list[OpPlan]:
+    """An integer op without weights (add, concat, reshape, ...) whose result no integer op reads would
+    only be dequantized again: it stays float, and so, in turn, may the ops feeding it (a transformer's
+    residual add before LayerNorm, the reshapes between a projection and a float attention matmul).
+    Layers stay integer; their accumulators are then dequantized directly (_dequantize_wide_outputs)."""
+    while True:
+        read = {name for op in ops for name in op.inputs}
+        kept = [op for op in ops if op.layer is not None or op.output in read]
+        if len(kept) == len(ops):
+            return ops
+        ops = kept
+
+
+def _used(ops: list[OpPlan], sites: dict[str, QuantSpec], aliases: dict[str, str]) -> tuple[dict, dict]:
+    """Only the sites and aliases the remaining ops read or write."""
+    produced = {op.output for op in ops if not op.float_output}
+    aliases = {k: v for k, v in aliases.items() if k in produced}
+    needed = {root_site(aliases, name) for op in ops for name in op.inputs}
+    needed |= {root_site(aliases, name) for name in produced}
+    return {k: v for k, v in sites.items() if k in needed}, aliases
 
 
 def _dequantize_wide_outputs(ops: list[OpPlan], sites: dict[str, QuantSpec]) -> tuple[list[OpPlan], dict]:

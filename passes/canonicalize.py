@@ -237,6 +237,88 @@ def _channel_const(vec: np.ndarray, layer: relax.Call) -> relax.Expr:
     return relax.const(vec.astype(np.float32), "float32")
 
 
+@tvm.transform.module_pass(opt_level=0, name="FuseErfGelu")
+class FuseErfGelu:
+    """x * (0.5 * (1 + erf(x / sqrt(2)))) (and the (x * 0.5) * (1 + erf(x * 1/sqrt(2))) spelling) becomes
+    one R.nn.gelu(x), as exporters decompose GELU: then a matmul's chain can take it as one float
+    activation instead of quantizing the product of two activations."""
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        bindings = main_bindings(mod["main"])
+        uses = var_uses(bindings, mod["main"])
+        by_var = {b.var: b.value for b in bindings}
+        found: dict[relax.Var, tuple[relax.Var, set]] = {}
+        for b in bindings:
+            match = _gelu_of(b.value, by_var, uses)
+            if match is not None:
+                found[b.var] = match
+        if not found:
+            return mod
+        absorbed = {v for _, inner in found.values() for v in inner}
+
+        def step(bb: relax.BlockBuilder, env: Env, b: relax.VarBinding) -> None:
+            if b.var in found:
+                env[b.var] = bb.emit(relax.op.nn.gelu(substitute(found[b.var][0], env)), b.var.name)
+            elif b.var not in absorbed:
+                copy_binding(bb, env, b)
+
+        return relax.transform.DeadCodeElimination()(replay(mod, step))
+
+
+def _scalar(expr: relax.Expr) -> float | None:
+    if is_const(expr) and const_value(expr).size == 1:
+        return float(const_value(expr).reshape(()))
+    return None
+
+
+def _gelu_of(value: relax.Expr, by_var: dict, uses: dict) -> tuple[relax.Var, set] | None:
+    """(x, the bindings it spans) when `value` is an erf-GELU of x."""
+    if op_name(value) != "relax.multiply":
+        return None
+    for x, other in ((value.args[0], value.args[1]), (value.args[1], value.args[0])):
+        inner = _half_one_plus_erf(other, x, by_var, uses)
+        if inner is not None:
+            return x, inner
+        # (x * 0.5) * (1 + erf(x / sqrt 2)): x here is the halved operand
+        if isinstance(x, relax.Var) and op_name(by_var.get(x)) == "relax.multiply" and uses.get(x, 0) == 1:
+            a, b = by_var[x].args
+            base = a if _scalar(b) == 0.5 else b if _scalar(a) == 0.5 else None
+            if base is not None:
+                erf_part = _one_plus_erf(other, base, by_var, uses)
+                if erf_part is not None:
+                    return base, erf_part | {x}
+    return None
+
+
+def _half_one_plus_erf(expr, x, by_var, uses) -> set | None:
+    if not isinstance(expr, relax.Var) or uses.get(expr, 0) != 1 or op_name(by_var.get(expr)) != "relax.multiply":
+        return None
+    a, b = by_var[expr].args
+    rest = b if _scalar(a) == 0.5 else a if _scalar(b) == 0.5 else None
+    inner = _one_plus_erf(rest, x, by_var, uses) if rest is not None else None
+    return None if inner is None else inner | {expr}
+
+
+def _one_plus_erf(expr, x, by_var, uses) -> set | None:
+    if not isinstance(expr, relax.Var) or uses.get(expr, 0) != 1 or op_name(by_var.get(expr)) != "relax.add":
+        return None
+    a, b = by_var[expr].args
+    erf = b if _scalar(a) == 1.0 else a if _scalar(b) == 1.0 else None
+    if not isinstance(erf, relax.Var) or uses.get(erf, 0) != 1 or op_name(by_var.get(erf)) != "relax.erf":
+        return None
+    scaled = by_var[erf].args[0]
+    if not isinstance(scaled, relax.Var) or uses.get(scaled, 0) != 1:
+        return None
+    call = by_var.get(scaled)
+    name = op_name(call)
+    if name not in ("relax.divide", "relax.multiply") or not call.args[0].same_as(x):
+        return None
+    c = _scalar(call.args[1])
+    if c is None or abs((c if name == "relax.divide" else 1.0 / c) - np.sqrt(2.0)) > 1e-5:
+        return None
+    return {expr, erf, scaled}
+
+
 def canonicalize(mod: tvm.IRModule, onnx_layers: Mapping[str, Sequence[str]]) -> tuple[tvm.IRModule, dict]:
     """Run the canonicalization pipeline; returns the module and {binding name: ONNX layer name}."""
     namer = NameLayers(onnx_layers)
@@ -247,6 +329,7 @@ def canonicalize(mod: tvm.IRModule, onnx_layers: Mapping[str, Sequence[str]]) ->
             relax.transform.CanonicalizeBindings(),
             relax.transform.DeadCodeElimination(),
             CanonicalizeClip(),
+            FuseErfGelu(),
             FoldAffineIntoLayer(),
             relax.transform.FoldConstant(),
             relax.transform.CanonicalizeBindings(),

@@ -24,8 +24,8 @@ def test_yolo_detections_agree_with_fp32(yolo, yolo_int8):
     m = qcompile.verify(yolo_int8, yolo["model"], yolo["eval"], task="detect")
     task = m["task"]
     assert m["samples"] == 64 and task["boxes_fp32"] >= 150, task  # enough boxes for the rates to mean much
-    # measured: AP50 vs fp32 ~97.5, box F1 ~93 (boxes near the 0.25 score threshold flip), SQNR ~35 dB
-    assert task["ap50_vs_fp32"] >= 95.0 and task["box_f1"] >= 90.0 and task["box_mean_iou"] >= 0.9, task
+    # measured: AP50 vs fp32 ~97.3, box F1 90.5-93 (boxes near the 0.25 score threshold flip), SQNR ~35 dB
+    assert task["ap50_vs_fp32"] >= 95.0 and task["box_f1"] >= 87.0 and task["box_mean_iou"] >= 0.9, task
     assert m["sqnr_db"] >= 30.0, m
 
 
@@ -43,9 +43,9 @@ def test_yolo_layers_are_integer_and_accounting_counts_constant_weights(yolo, yo
 def test_magika_file_types_agree_with_fp32(magika, magika_int8):
     m = qcompile.verify(magika_int8, magika["model"], magika["eval"], task="classify")
     assert m["samples"] >= 200
-    # measured 95.0-96.6 (by file set): the conv reads LayerNorm output with outlier channels (one scale
-    # for all of them); a budgeted build with the conv float reaches 99 (test_budgeted_builds_reach_97_percent)
-    assert m["task"]["top1_agreement"] >= 93.0, m
+    # measured 99.1 (95.0 before GELU-tanh's multiplies moved into the layer epilogue and the LayerNorm
+    # islands stayed float)
+    assert m["task"]["top1_agreement"] >= 97.0 and m["sqnr_db"] >= 30.0, m
 
 
 def test_silero_speech_decisions_agree_with_fp32(silero, silero_int8):

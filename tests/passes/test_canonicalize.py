@@ -57,3 +57,70 @@ def test_canonical_module_computes_what_onnxruntime_computes(block):
         ref = session.run(None, batch)[0]
         got = run_vm(vm, batch, ["input"])[0]
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_erf_gelu_becomes_one_gelu():
+    from tvm.script import relax as R
+
+    from qcompile.passes.canonicalize import FuseErfGelu
+
+    @tvm.script.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((2, 8), "float32")) -> R.Tensor((2, 8), "float32"):
+            with R.dataflow():
+                a = R.divide(x, R.const(1.4142135381698608, "float32"))
+                b = R.erf(a)
+                c = R.add(b, R.const(1.0, "float32"))
+                d = R.multiply(R.const(0.5, "float32"), c)
+                y = R.multiply(x, d)
+                R.output(y)
+            return y
+
+    @tvm.script.ir_module
+    class Expected:
+        @R.function
+        def main(x: R.Tensor((2, 8), "float32")) -> R.Tensor((2, 8), "float32"):
+            with R.dataflow():
+                y = R.nn.gelu(x)
+                R.output(y)
+            return y
+
+    after = relax.transform.CanonicalizeBindings()(FuseErfGelu()(Before))  # the replay's output alias folds away
+    relax.analysis.well_formed(after)
+    tvm.ir.assert_structural_equal(after, Expected)
+
+
+def test_half_x_times_one_plus_erf_is_gelu_too_and_other_constants_are_not():
+    from tvm.script import relax as R
+
+    from qcompile.passes.canonicalize import FuseErfGelu
+
+    @tvm.script.ir_module
+    class HalfFirst:
+        @R.function
+        def main(x: R.Tensor((4,), "float32")) -> R.Tensor((4,), "float32"):
+            with R.dataflow():
+                h = R.multiply(x, R.const(0.5, "float32"))
+                a = R.multiply(x, R.const(0.7071067690849304, "float32"))
+                b = R.erf(a)
+                c = R.add(R.const(1.0, "float32"), b)
+                y = R.multiply(h, c)
+                R.output(y)
+            return y
+
+    @tvm.script.ir_module
+    class NotGelu:  # x / 2 inside the erf: not GELU, left alone
+        @R.function
+        def main(x: R.Tensor((4,), "float32")) -> R.Tensor((4,), "float32"):
+            with R.dataflow():
+                a = R.divide(x, R.const(2.0, "float32"))
+                b = R.erf(a)
+                c = R.add(b, R.const(1.0, "float32"))
+                d = R.multiply(R.const(0.5, "float32"), c)
+                y = R.multiply(x, d)
+                R.output(y)
+            return y
+
+    assert [op for op in _ops(FuseErfGelu()(HalfFirst)) if "Var" not in op] == ["relax.nn.gelu"]
+    tvm.ir.assert_structural_equal(FuseErfGelu()(NotGelu), NotGelu)
