@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from qcompile.passes.scheme import DTYPE_RANGES, QuantSpec
 
 ACT_DTYPES = ("int8", "uint8", "int16")  # what an activation site can be stored as
@@ -94,6 +96,9 @@ class QParams:
     zero_point: int
     dtype: str
     channel_mean: tuple[float, ...] | None = None  # calibration mean per channel (bias correction)
+    # SmoothQuant: channel c is stored as x_c / divisor[c] (so real = scale * divisor[c] * (q - zp)); the
+    # linear layers reading the site carry divisor[c] in their weights (qcompile.calibration.smooth)
+    divisor: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not (self.scale > 0 and self.scale < float("inf")):
@@ -102,6 +107,8 @@ class QParams:
             raise ValueError(f"site dtype must be one of {ACT_DTYPES}, got {self.dtype!r}")
         if not self.qmin <= self.zero_point <= self.qmax:
             raise ValueError(f"zero point {self.zero_point} outside {self.dtype} range")
+        if self.divisor is not None and not all(0 < d < float("inf") for d in self.divisor):
+            raise ValueError("a smoothing divisor must be positive and finite per channel")
 
     @property
     def qmin(self) -> int:
@@ -110,6 +117,11 @@ class QParams:
     @property
     def qmax(self) -> int:
         return DTYPE_RANGES[self.dtype][1]
+
+    def channel_scales(self) -> np.ndarray:
+        """scale per channel: scale * divisor (one value when the site is not smoothed)."""
+        base = np.float64(self.scale)
+        return base * np.asarray(self.divisor, np.float64) if self.divisor is not None else np.array([base])
 
     def quantize_real(self, value: float) -> int:
         """The integer that represents `value`, clamped to the dtype range."""

@@ -86,6 +86,14 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "nearest rounds each weight on its own",
     )
     p.add_argument(
+        "--smooth",
+        default="auto",
+        metavar="auto|off|ALPHA",
+        help="SmoothQuant: move outlier channels of an activation read only by linear layers into their "
+        "weights (divisor max|x|^a / max|w|^(1-a)); auto (default) picks alpha per site from calibration "
+        "samples and smooths only where that halves the error, ALPHA (e.g. 0.5) smooths every such site",
+    )
+    p.add_argument(
         "--fp16",
         action="store_true",
         help="GPU targets: compute the float layers (all of them with --bits 32) in float16",
@@ -115,6 +123,7 @@ def config_from_args(args: argparse.Namespace):
         max_calib_batches=args.max_calib_batches,
         bias_correction=args.bias_correction,
         weight_rounding=args.weight_rounding,
+        smooth=args.smooth,
         float_dtype="float16" if args.fp16 else "float32",
         precision=precision,
     )

@@ -31,6 +31,7 @@ class BuildConfig:
     max_calib_batches: int | None = None
     bias_correction: bool = True
     weight_rounding: str = "gptq"  # "gptq": output-error-aware rounding from calibration data; "nearest"
+    smooth: str = "auto"  # SmoothQuant: "auto" (alpha per site, only where it halves the error), "off", "0.5"
     float_dtype: str = "float32"  # float layers' dtype: float16 on GPU targets (--fp16)
     precision: PrecisionSpec = PrecisionSpec()  # per-layer precision rules (--precision, --precision-file)
 
@@ -43,6 +44,13 @@ class BuildConfig:
             MethodOptions(percentile=self.percentile)
         except ValueError as exc:
             raise InputError(f"--percentile: {exc}") from None
+        if self.smooth not in ("auto", "off"):
+            try:
+                alpha = float(self.smooth)
+            except ValueError:
+                alpha = -1.0
+            if not 0.0 < alpha < 1.0:
+                raise InputError(f"--smooth {self.smooth!r}: choose auto, off, or an alpha between 0 and 1")
         if self.weight_rounding not in WEIGHT_ROUNDINGS:
             raise InputError(f"--weight-rounding {self.weight_rounding!r}: choose {' or '.join(WEIGHT_ROUNDINGS)}")
         if self.float_dtype not in ("float32", "float16"):
@@ -90,4 +98,5 @@ class BuildConfig:
         doc["fixed_inputs"] = {k: tuple(v) for k, v in doc.get("fixed_inputs", {}).items()}
         doc["precision"] = PrecisionSpec.from_json(doc.get("precision") or {})
         doc.setdefault("weight_rounding", "nearest")  # artifacts from before GPTQ rounding
+        doc.setdefault("smooth", "off")  # artifacts from before smoothing
         return BuildConfig(**doc)

@@ -164,6 +164,7 @@ def calibrate_stage(
         config.method,
         config.method_options,
         moments,
+        config.smooth,
     )
     if rounding is not None:
         for op, (_, stats) in moments.items():

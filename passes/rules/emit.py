@@ -23,9 +23,20 @@ def channel_shape(values: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     return values.reshape(shape)
 
 
+def per_channel(values: np.ndarray, expr: relax.Expr) -> relax.Expr:
+    """A float32 constant that broadcasts along `expr`'s channel axis (axis 1 of NCHW / [N, K], the last
+    axis otherwise: where per-channel statistics and SmoothQuant divisors live)."""
+    ndim = len(expr.ty.shape)
+    values = np.asarray(values, np.float64)
+    if values.size == 1:
+        return relax.const(np.float32(values.reshape(())), "float32")
+    return relax.const(channel_shape(values.astype(np.float32), ndim, 1 if ndim in (2, 4) else ndim - 1), "float32")
+
+
 def quantize(bb: relax.BlockBuilder, x: relax.Expr, qp: QParams, name: str = "q") -> relax.Expr:
-    """float -> integer at a float boundary: clip(round(x / scale) + zp)."""
-    y = bb.emit(relax.op.multiply(x, relax.const(1.0 / qp.scale, "float32")))
+    """float -> integer at a float boundary: clip(round(x / scale) + zp) (x / (scale * divisor) per channel
+    on a smoothed site)."""
+    y = bb.emit(relax.op.multiply(x, per_channel(1.0 / qp.channel_scales(), x)))
     y = bb.emit(relax.op.round(y))
     if qp.zero_point:
         y = bb.emit(relax.op.add(y, relax.const(float(qp.zero_point), "float32")))
@@ -38,7 +49,7 @@ def dequantize(bb: relax.BlockBuilder, q: relax.Expr, qp: QParams, name: str = "
     y = bb.emit(relax.op.astype(q, "float32"))
     if qp.zero_point:
         y = bb.emit(relax.op.subtract(y, relax.const(float(qp.zero_point), "float32")))
-    return bb.emit(relax.op.multiply(y, relax.const(qp.scale, "float32")), name)
+    return bb.emit(relax.op.multiply(y, per_channel(qp.channel_scales(), y)), name)
 
 
 def requantize(

@@ -63,6 +63,10 @@ class LinearRule:
         """The input group each output channel reads (grouped/depthwise conv); 0 for all otherwise."""
         return np.zeros(channels, dtype=np.int64)
 
+    def smoothed(self, weight: np.ndarray, divisor: np.ndarray) -> np.ndarray:
+        """The weights with input channel c multiplied by divisor[c] (the input arrives divided by it)."""
+        raise NotImplementedError
+
     def weight_error_shift(self, call, weight, wq, w_scale, mean: np.ndarray) -> np.ndarray:
         """E[(W - Wq) x] per output channel from the input's calibration mean (bias correction,
         Nagel et al. 2019): the systematic output shift that rounding the weights introduces."""
@@ -99,6 +103,9 @@ class LinearRule:
         call = binding.value
         x = ctx.quantized(call.args[0])
         weight = const_value(call.args[1])
+        divisor = None if x.qparams.divisor is None else np.asarray(x.qparams.divisor, np.float64)
+        if divisor is not None:  # a smoothed input: its channels' divisors move into the weights
+            weight = self.smoothed(weight, divisor)
         channels = weight.shape[self.weight_axis]
         bias = np.zeros(channels)
         if plan.bias is not None:
@@ -110,10 +117,14 @@ class LinearRule:
         wq, w_scale = quantize_weight(weight, self.weight_axis, min_scale, w_spec)
         if ctx.rounding is not None:
             groups = self.row_groups(call, channels)
-            rows = ctx.rounding.round(plan.var, self.rows(weight), w_scale, groups, w_spec.qmax)
+            taps = self.rows(weight).shape[1] // (len(divisor) if divisor is not None else 1)
+            input_scale = None if divisor is None else np.repeat(divisor, taps)
+            rows = ctx.rounding.round(plan.var, self.rows(weight), w_scale, groups, w_spec.qmax, input_scale)
             wq = self.from_rows(rows, weight.shape).astype(w_spec.storage)
         mean = ctx.input_mean(call.args[0])
         if mean is not None:
+            if divisor is not None:
+                mean = mean / divisor  # the smoothed input's mean
             bias = bias + self.weight_error_shift(call, weight, wq, w_scale, mean)
         acc, ndim, axis = self.accumulate(ctx, call, x, wq, acc_dtype)
         acc_scale = x.qparams.scale * w_scale
@@ -132,6 +143,8 @@ class LinearRule:
         x_span = max(abs(x.qparams.qmin - x.qparams.zero_point), abs(x.qparams.qmax - x.qparams.zero_point))
         w_l1 = np.abs(wide).sum(axis=reduce).max()
         acc_bits = bits_needed(float(x_span) * float(w_l1) + float(np.abs(total).max()))
+        if out_qp.divisor is not None:  # a smoothed output site: channel c stored divided by divisor[c]
+            acc_scale = acc_scale / np.asarray(out_qp.divisor, np.float64)
         y = requantize(
             ctx.bb,
             acc,
@@ -192,6 +205,9 @@ class Conv2dRule(LinearRule):
     def row_groups(self, call, channels: int) -> np.ndarray:
         return np.arange(channels) // (channels // int(call.attrs.groups))
 
+    def smoothed(self, weight: np.ndarray, divisor: np.ndarray) -> np.ndarray:
+        return weight * divisor.reshape(1, -1, 1, 1)
+
     def weight_error_shift(self, call, weight, wq, w_scale, mean: np.ndarray) -> np.ndarray:
         delta = weight.astype(np.float64) - wq * w_scale.reshape(-1, 1, 1, 1)
         cout, cin_per_group = delta.shape[:2]
@@ -236,6 +252,9 @@ class MatmulRule(LinearRule):
 
     def rows(self, weight: np.ndarray) -> np.ndarray:
         return weight.T
+
+    def smoothed(self, weight: np.ndarray, divisor: np.ndarray) -> np.ndarray:
+        return weight * divisor.reshape(-1, 1)
 
     def from_rows(self, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return rows.T

@@ -13,6 +13,7 @@ from tvm import relax
 from qcompile.calibration.methods import MethodOptions, qparams_for
 from qcompile.calibration.observer import RangeObserver
 from qcompile.calibration.rounding import InputMoments
+from qcompile.calibration.smooth import Candidate, candidates
 from qcompile.data import Dataset
 from qcompile.errors import CalibrationDataError
 from qcompile.lowering import compile_module
@@ -63,21 +64,39 @@ def observe(
     input_names: Sequence[str],
     num_outputs: int,
     moments: Mapping[str, tuple[str, InputMoments]] | None = None,
+    samplers: Mapping[str, Candidate] | None = None,
+    divided: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, RangeObserver]:
     """Each site's range statistics; with `moments` (op -> (its input tensor, statistics)), also the
-    second moments of those layer inputs, in the same pass."""
-    sites = sorted(plan.sites)
+    second moments of those layer inputs, and with `samplers` (site -> smoothing candidate) a sample of
+    their rows, in the same pass. With `divided` (site -> per-channel divisor), only those sites are
+    observed, as x / divisor (the values a smoothed site stores)."""
+    sites = sorted(divided) if divided is not None else sorted(plan.sites)
     moments = moments or {}
     extra = sorted({name for name, _ in moments.values()} - set(sites))
     vm = compile_host(expose(mod, sites + extra))
     observers = {s: RangeObserver(s) for s in sites}
-    for batch in progress(data.batches(), total=data.num_batches, desc="calibrate"):
+    desc = "calibrate" if divided is None else "calibrate smoothed"
+    for batch in progress(data.batches(), total=data.num_batches, desc=desc):
         values = dict(zip(sites + extra, run_vm(vm, batch, input_names)[num_outputs:]))
         for site in sites:
-            observers[site].update(values[site])
+            value = values[site]
+            if divided is not None:
+                value = value / channel_vector(divided[site], value.ndim).astype(value.dtype)
+            observers[site].update(value)
         for name, stats in moments.values():
             stats.update(values[name])
+        for site, sampler in (samplers or {}).items():
+            sampler.update(values[site])
     return observers
+
+
+def channel_vector(values: np.ndarray, ndim: int) -> np.ndarray:
+    """A per-channel vector shaped to broadcast along a tensor's channel axis (axis 1 of NCHW and of
+    [N, K]; the last axis of [..., tokens, K]), the axis qcompile's per-channel statistics use."""
+    shape = [1] * ndim
+    shape[1 if ndim in (2, 4) else ndim - 1] = -1
+    return np.asarray(values).reshape(shape)
 
 
 def calibrate(
@@ -89,9 +108,26 @@ def calibrate(
     method: str,
     options: MethodOptions,
     moments: Mapping[str, tuple[str, InputMoments]] | None = None,
+    smooth: str = "off",
 ) -> dict[str, QParams]:
-    observers = observe(mod, plan, data, input_names, num_outputs, moments)
-    return {
+    """Every site's qparams. `smooth` ("auto", a fixed alpha such as "0.5", or "off"): sites whose
+    only integer readers are linear layers may move their outlier channels into those layers'
+    weights (qcompile.calibration.smooth); their ranges are then observed again, divided."""
+    samplers = candidates(mod, plan) if smooth != "off" else {}
+    observers = observe(mod, plan, data, input_names, num_outputs, moments, samplers)
+    result = {
         s: replace(qparams_for(obs, plan.sites[s], method, options), channel_mean=obs.channel_mean())
         for s, obs in observers.items()
     }
+    divisors = {}
+    for site, cand in samplers.items():
+        chosen = cand.choose(plan.sites[site], None if smooth == "auto" else float(smooth))
+        if chosen is not None:
+            divisors[site] = chosen[1]
+    if divisors:
+        again = observe(mod, plan, data, input_names, num_outputs, divided=divisors)
+        for site, obs in again.items():
+            smoothed = qparams_for(obs, plan.sites[site], method, options)
+            divisor = tuple(float(v) for v in divisors[site])
+            result[site] = replace(smoothed, channel_mean=result[site].channel_mean, divisor=divisor)
+    return result

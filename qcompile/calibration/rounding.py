@@ -139,7 +139,17 @@ class WeightRounding:
     used: dict[str, np.ndarray] = field(default_factory=dict)
     _memo: dict[tuple[str, bytes], np.ndarray] = field(default_factory=dict, repr=False)
 
-    def round(self, key: str, rows: np.ndarray, scale: np.ndarray, groups: np.ndarray, qmax: int) -> np.ndarray:
+    def round(
+        self,
+        key: str,
+        rows: np.ndarray,
+        scale: np.ndarray,
+        groups: np.ndarray,
+        qmax: int,
+        input_scale: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """`input_scale`: the layer's input arrives divided by it (SmoothQuant), so the second moment the
+        rounding needs is H / (s s^T)."""
         base = nearest(rows, scale, qmax)
         if self.method == "nearest":
             return base
@@ -148,7 +158,10 @@ class WeightRounding:
         elif key in self.hessians and rows.size <= MAX_WEIGHTS:
             memo_key = (key, scale.tobytes())
             if memo_key not in self._memo:
-                self._memo[memo_key] = gptq(rows, scale, groups, self.hessians[key], qmax)
+                hessian = self.hessians[key]
+                if input_scale is not None:
+                    hessian = hessian / np.outer(input_scale, input_scale)[None]
+                self._memo[memo_key] = gptq(rows, scale, groups, hessian, qmax)
             q = self._memo[memo_key]
         else:
             return base

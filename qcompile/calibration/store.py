@@ -19,7 +19,13 @@ def qparams_to_json(qparams: dict[str, QParams], model_sha256: str, method: str)
         "model_sha256": model_sha256,
         "method": method,
         "sites": {
-            k: {"scale": v.scale, "zero_point": v.zero_point, "dtype": v.dtype, "channel_mean": v.channel_mean}
+            k: {
+                "scale": v.scale,
+                "zero_point": v.zero_point,
+                "dtype": v.dtype,
+                "channel_mean": v.channel_mean,
+                **({"divisor": list(v.divisor)} if v.divisor is not None else {}),
+            }
             for k, v in sorted(qparams.items())
         },
     }
@@ -38,7 +44,13 @@ def load_qparams(path: str | Path, model_sha256: str, plan: QuantPlan) -> dict[s
         raise InputError(f"{path} was calibrated for a different model (sha256 mismatch)")
     try:
         qparams = {
-            k: QParams(float(v["scale"]), int(v["zero_point"]), str(v["dtype"]), _means(v.get("channel_mean")))
+            k: QParams(
+                float(v["scale"]),
+                int(v["zero_point"]),
+                str(v["dtype"]),
+                _means(v.get("channel_mean")),
+                _means(v.get("divisor")),
+            )
             for k, v in doc["sites"].items()
         }
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
