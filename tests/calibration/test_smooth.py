@@ -1,7 +1,7 @@
 """SmoothQuant-style smoothing (qcompile.calibration.smooth) on a layer whose input has outlier channels:
 a LayerNorm-like per-channel gain of 30 on 2 of 32 channels, read by one matmul whose weights for those
-channels are 30x smaller (as trained transformers pair them), so every channel matters to the output. (The real model that
-needs it, MiniLM, is tested in tests/e2e/test_minilm.py.)"""
+channels are 30x smaller (as trained transformers pair them), so every channel matters to the output.
+(The real model that needs it, MiniLM, is tested in tests/e2e/test_minilm.py.)"""
 
 from __future__ import annotations
 
