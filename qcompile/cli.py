@@ -102,10 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--max-samples", type=int, help="evaluate at most this many samples")
     v.add_argument(
         "--task",
-        choices=["classify", "detect", "binary"],
+        choices=["classify", "detect", "binary", "embed"],
         help="also score the task: classify (top-1/top-5 of the first output), detect (YOLO-style boxes after "
         "NMS matched to fp32's at IoU 0.5: recall, precision, F1, AP50), binary (p > 0.5 decisions of the "
-        "first output, e.g. voice activity)",
+        "first output, e.g. voice activity), embed (cosine per sample, and retrieval top-1 when the data "
+        "has 'pair_of'; the default for unit-length outputs or data with pairs)",
     )
 
     r = sub.add_parser("run", help="run an artifact on inputs with the TVM runtime only")

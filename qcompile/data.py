@@ -30,6 +30,7 @@ class Dataset:
     arrays: dict[str, np.ndarray]
     labels: np.ndarray | None
     batch: int
+    pair_of: np.ndarray | None = None  # retrieval pairs: sample i's right match is sample pair_of[i] (-1: none)
 
     @property
     def num_batches(self) -> int:
@@ -42,8 +43,10 @@ class Dataset:
 
     def take(self, num_batches: int) -> Dataset:
         """The first `num_batches` calls' worth of data (and their labels)."""
-        labels = None if self.labels is None else self.labels[: num_batches * self.batch]
-        return Dataset({k: v[:num_batches] for k, v in self.arrays.items()}, labels, self.batch)
+        n = num_batches * self.batch
+        labels = None if self.labels is None else self.labels[:n]
+        pairs = None if self.pair_of is None else np.where(self.pair_of[:n] < n, self.pair_of[:n], -1)
+        return Dataset({k: v[:num_batches] for k, v in self.arrays.items()}, labels, self.batch, pairs)
 
     def samples(self, name: str) -> np.ndarray:
         """The input's values with the samples on the first axis, as an npz would hold them."""
@@ -123,9 +126,9 @@ def load_data(
     path = Path(path)
     if path.is_dir():
         arrays = {_single_input(inputs, what).name: _load_images(path, preprocess or ImagePreprocess(), what)}
-        labels = None
+        labels = pairs = None
     elif path.is_file():
-        arrays, labels = _load_npz(path, what)
+        arrays, labels, pairs = _load_npz(path, what)
     else:
         raise InputError(f"{what} data not found: {path}")
     for name, value in (fixed or {}).items():
@@ -134,11 +137,16 @@ def load_data(
                 raise CalibrationDataError(
                     f"{what} array {name!r} differs from the value {value.tolist()} the build fixed for that input"
                 )
-    return validate(arrays, labels, inputs, what, str(path))
+    return validate(arrays, labels, inputs, what, str(path), pairs)
 
 
 def validate(
-    arrays: dict[str, np.ndarray], labels: np.ndarray | None, inputs: Sequence[TensorSpec], what: str, source: str
+    arrays: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    inputs: Sequence[TensorSpec],
+    what: str,
+    source: str,
+    pair_of: np.ndarray | None = None,
 ) -> Dataset:
     names = {s.name for s in inputs}
     missing, extra = sorted(names - set(arrays)), sorted(set(arrays) - names)
@@ -172,7 +180,14 @@ def validate(
         if labels.ndim != 1 or labels.shape[0] < n or _kind(labels.dtype) not in ("i", "u"):
             raise CalibrationDataError(f"{what} 'labels' must be {n} integer class indices")
         labels = labels[:n]
-    return Dataset(out, labels, batch)
+    if pair_of is not None:
+        n = (count or 0) * batch
+        if pair_of.ndim != 1 or pair_of.shape[0] < n or _kind(pair_of.dtype) not in ("i", "u"):
+            raise CalibrationDataError(f"{what} 'pair_of' must be {n} integer sample indices (-1: no pair)")
+        pair_of = pair_of[:n].astype(np.int64)
+        if np.any((pair_of < -1) | (pair_of >= n)) or np.any(pair_of[pair_of >= 0] == np.flatnonzero(pair_of >= 0)):
+            raise CalibrationDataError(f"{what} 'pair_of' must name other samples (0..{n - 1}) or -1")
+    return Dataset(out, labels, batch, pair_of)
 
 
 def _calls(arr: np.ndarray, spec: TensorSpec, what: str) -> np.ndarray:
@@ -202,7 +217,7 @@ def _holds_only(given: np.ndarray, value: np.ndarray) -> bool:
     return given.shape[1:] == value.shape and given.shape[0] > 0 and bool(np.all(given == value))
 
 
-def _load_npz(path: Path, what: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def _load_npz(path: Path, what: str) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]:
     """Every member checked from its header before anything is read: a .npy member of a plain dtype
     whose declared size is the size it really holds (a header claiming terabytes is refused, not
     allocated)."""
@@ -226,7 +241,7 @@ def _load_npz(path: Path, what: str) -> tuple[dict[str, np.ndarray], np.ndarray 
     if not arrays:
         raise CalibrationDataError(f"{what} data {path} holds no arrays")
     labels = arrays.pop("labels", None)
-    return arrays, labels
+    return arrays, labels, arrays.pop("pair_of", None)
 
 
 def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, what: str) -> None:

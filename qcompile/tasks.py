@@ -142,6 +142,42 @@ def decision_agreement(ref: list[np.ndarray], test: list[np.ndarray], opts: dict
     }
 
 
+# ---- embeddings (sentence encoders, retrieval) ----
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    rows = x.reshape(len(x), -1).astype(np.float64)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def is_embedding(output: np.ndarray) -> bool:
+    """Unit-length rows: what a sentence encoder's normalised embedding looks like (not logits)."""
+    norms = np.linalg.norm(output.reshape(len(output), -1).astype(np.float64), axis=1)
+    return output.ndim == 2 and output.shape[1] > 1 and bool(np.all(np.abs(norms - 1.0) < 1e-3))
+
+
+@TASKS.register("embed")
+def embedding_agreement(ref: list[np.ndarray], test: list[np.ndarray], opts: dict) -> dict:
+    """Cosine between the two engines' embeddings per sample (mean and worst), and with the data's
+    `pair_of` (query -> its right candidate), retrieval top-1 of each engine among all candidates and
+    how often the two retrieve the same one."""
+    r, t = _rows(ref[0]), _rows(test[0])
+    cos = np.sum(r * t, axis=1)
+    out = {"cosine_mean": round(float(cos.mean()), 6), "cosine_min": round(float(cos.min()), 6)}
+    pairs = opts.get("pair_of")
+    if pairs is not None and np.any(pairs >= 0):
+        queries = np.flatnonzero(pairs >= 0)
+        candidates = np.unique(pairs[queries])
+        hits = {}
+        for name, emb in (("fp32", r), ("int8", t)):
+            best = candidates[np.argmax(emb[queries] @ emb[candidates].T, axis=1)]
+            hits[name] = best
+            out[f"retrieval_top1_{name}"] = round(100 * float(np.mean(best == pairs[queries])), 3)
+        out["retrieval_agreement"] = round(100 * float(np.mean(hits["fp32"] == hits["int8"])), 3)
+        out["queries"], out["candidates"] = int(len(queries)), int(len(candidates))
+    return out
+
+
 # ---- classification (logits or probabilities per class) ----
 
 

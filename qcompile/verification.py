@@ -43,6 +43,12 @@ def reference_model(artifact, model_path: str | Path):
     return model
 
 
+def _is_embedding(output: np.ndarray) -> bool:
+    from qcompile.tasks import is_embedding
+
+    return is_embedding(output)
+
+
 def check_labels(labels: np.ndarray | None, output_shape: list[int], source: str | Path) -> None:
     """Labels are class indices of the first output: 0 <= label < classes."""
     if labels is None:
@@ -114,12 +120,19 @@ def verify(
     for name, r_list, q_list in zip(artifact.output_names, ref, test):
         r_all, q_all = np.concatenate(r_list), np.concatenate(q_list)
         metrics["outputs"][name] = output_metrics(r_all, q_all)
-        if r_all.ndim == 2 and r_all.shape[1] > 1:
+        if r_all.ndim == 2 and r_all.shape[1] > 1 and not _is_embedding(r_all):
             metrics["outputs"][name].update(classification_metrics(r_all, q_all, labels))
+    ref_all = [np.concatenate(r) for r in ref]
+    test_all = [np.concatenate(q) for q in test]
+    if task is None:
+        from qcompile.tasks import TASKS, is_embedding
+
+        if data.pair_of is not None or is_embedding(ref_all[0]):  # not logits: score the embeddings
+            task, task_metric = "embed", TASKS.get("embed")
     if task is not None:
-        ref_all = [np.concatenate(r) for r in ref]
-        test_all = [np.concatenate(q) for q in test]
-        metrics["task"] = {"name": task, **task_metric(ref_all, test_all, {"labels": labels})}
+        pairs = data.take(count).pair_of  # pairs whose match lies beyond --max-samples are dropped
+        opts = {"labels": labels, "pair_of": pairs}
+        metrics["task"] = {"name": task, **task_metric(ref_all, test_all, opts)}
     first = metrics["outputs"][artifact.output_names[0]]
     for key in ("top1_agreement", "top5_agreement", "top1_fp32", "top1_int8", "top1_drop", "sqnr_db", "cosine"):
         if key in first:

@@ -148,3 +148,23 @@ def magika_int8(magika) -> Path:
 @pytest.fixture(scope="session")
 def silero_int8(silero) -> Path:
     return _cli_build(silero["model"], silero["dir"] / "int8", *SILERO_ARGS, "--calib", silero["calib"])
+
+
+# ---- the transformer: all-MiniLM-L6-v2 on WordNet text (qcompile.zoo.minilm) ----
+
+
+@pytest.fixture(scope="session")
+def minilm(tmp_path_factory) -> dict[str, Path]:
+    """The sentence encoder (embedding output, static 1 x 64 inputs), 64 calibration sentences and a
+    retrieval set of 100 WordNet definitions and their lemmas (200 sentences, `pair_of`)."""
+    from qcompile.zoo.minilm import calibration_set, minilm_onnx, retrieval_set, wordnet_pairs
+
+    d = tmp_path_factory.mktemp("minilm")
+    np.savez(d / "calib.npz", **calibration_set(64))
+    np.savez(d / "eval.npz", **retrieval_set(wordnet_pairs(100)))
+    return {"model": minilm_onnx(), "calib": d / "calib.npz", "eval": d / "eval.npz", "dir": d}
+
+
+@pytest.fixture(scope="session")
+def minilm_int8(minilm) -> Path:
+    return _cli_build(minilm["model"], minilm["dir"] / "int8", "--calib", minilm["calib"])

@@ -25,7 +25,7 @@ from qcompile.calibration.rounding import Geometry
 from qcompile.passes.scheme import WEIGHT_INT8, QuantSpec
 
 ALPHAS = (0.25, 0.5, 0.75)
-MAX_ROWS = 4096
+MAX_ROWS = 4096  # sampled input rows per site (the error proxy's cost: rows x K x N per candidate alpha)
 MIN_GAIN = 2.0  # the error must at least halve for a site to be smoothed
 # and its channels must really be uneven: the largest channel range this many times the median one
 MIN_OUTLIER_RATIO = 4.0
@@ -52,9 +52,9 @@ class Candidate:
         if patches is None:
             return
         rows = patches[0]
-        step = max(1, len(rows) // 256)
-        take = rows[::step][: MAX_ROWS - self.count]
-        self.rows.append(take.astype(np.float64))
+        per_call = max(1, MAX_ROWS // 64)  # spread over (at least) 64 calibration calls, not the first few
+        take = rows[:: max(1, len(rows) // per_call)][:per_call][: MAX_ROWS - self.count]
+        self.rows.append(take.astype(np.float32))
         self.count += len(take)
 
     def choose(self, act: QuantSpec, alpha: float | None = None) -> tuple[float, np.ndarray] | None:
@@ -106,7 +106,8 @@ def _product_error(x, weights, refs, s, taps, act: QuantSpec) -> float:
         ws = w * expand[:, None]
         w_scale = np.maximum(np.abs(ws).max(axis=0) / WEIGHT_INT8.qmax, 1e-12)
         wq = np.clip(np.round(ws / w_scale), WEIGHT_INT8.qmin, WEIGHT_INT8.qmax) * w_scale
-        total += float(np.sum((ref - xq @ wq) ** 2) / max(np.sum(ref**2), 1e-30))
+        err = ref - xq.astype(np.float32) @ wq.astype(np.float32)
+        total += float(np.sum(err.astype(np.float64) ** 2) / max(float(np.sum(ref.astype(np.float64) ** 2)), 1e-30))
     return total
 
 
@@ -145,7 +146,7 @@ def candidates(mod, plan) -> dict[str, Candidate]:
         else:
             rule, call, weight = layers[0]
             channels = int(weight.shape[1] if op_name(call) == "relax.nn.conv2d" else weight.shape[0])
-            matrices = [r.rows(w).T.astype(np.float64) for r, _, w in layers]  # K x N, in patch order
+            matrices = [r.rows(w).T.astype(np.float32) for r, _, w in layers]  # K x N, in patch order
             if len({m.shape[0] for m in matrices}) == 1:  # every reader multiplies the same patches
                 out[site] = Candidate(site, channels, matrices, rule.geometry(call))
     return out
