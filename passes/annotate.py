@@ -13,6 +13,7 @@ from qcompile.errors import InputError
 from qcompile.passes.plan import OpPlan, QuantPlan, root_site
 from qcompile.passes.rewrite import main_bindings, op_name, operands, var_uses
 from qcompile.passes.rules import OP_RULES, AnnotateContext
+from qcompile.passes.rules.base import rule_key
 from qcompile.passes.scheme import WEIGHT_INT8, QuantSpec
 
 
@@ -42,6 +43,7 @@ def annotate(
     precisions: Mapping[str, str] | None = None,
     weight: QuantSpec = WEIGHT_INT8,
     layer_weight: Mapping[str, QuantSpec] | None = None,
+    layer_scheme: Mapping[str, str] | None = None,
 ) -> QuantPlan:
     func = mod["main"]
     bindings = main_bindings(func)
@@ -59,13 +61,19 @@ def annotate(
         layer_act=dict(layer_act or {}),
         weight=weight,
         layer_weight=dict(layer_weight or {}),
+        layer_scheme=dict(layer_scheme or {}),
     )
     ops = []
     absorbed: set[str] = set()
     for b in bindings:
         if b.var.name in absorbed:
             continue
-        rule = OP_RULES.find(op_name(b.value) or "")
+        op = op_name(b.value) or ""
+        layer = ctx.layer_of.get(b.var.name)
+        scheme = ctx.layer_scheme.get(layer) if layer is not None else None
+        if scheme is not None and rule_key(op, scheme) not in OP_RULES:
+            raise InputError(f"layer {layer!r} ({op.removeprefix('relax.')}) cannot take the {scheme} scheme")
+        rule = OP_RULES.find(rule_key(op, scheme))
         plan = rule.annotate(ctx, b) if rule is not None else None
         if plan is not None:
             ops.append(plan)

@@ -89,6 +89,17 @@ ACT_INT16 = QuantSpec("int16", symmetric=True)
 WEIGHT_INT8 = QuantSpec("int8", symmetric=True, granularity="channel", narrow=True)
 
 
+def weight_int4(group_size: int) -> QuantSpec:
+    """Weight-only int4: 16 levels 0..15 with a scale and a zero point per group of `group_size` input
+    channels (affine: on MiniLM, int4 g64 mean cosine 0.9713 vs 0.9617 for symmetric -7..7, nearest
+    rounding; 0.9878 vs 0.981 with GPTQ)."""
+    return QuantSpec("uint4", symmetric=False, granularity="group", group_size=group_size)
+
+
+# --activations dynamic: int8 per token, the scale max|x| / 127 computed at run time (a conv: per tensor)
+DYNAMIC_INT8 = QuantSpec("int8", symmetric=True, granularity="token", narrow=True, dynamic=True)
+
+
 def accumulator(activation: QuantSpec, weight: QuantSpec | None = None) -> str:
     """The integer type that sums activation x weight products exactly. int32 holds 2**31 / (255 * 127)
     = 66k worst-case 8-bit products (every real layer); a 16-bit operand makes one product up to

@@ -86,6 +86,29 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "nearest rounds each weight on its own",
     )
     p.add_argument(
+        "--activations",
+        choices=["static", "dynamic"],
+        default="static",
+        help="static (default): activation ranges from calibration data; dynamic: each layer's input is "
+        "quantized at run time (int8, one scale per token for a matmul, per tensor for a conv) and its "
+        "output stays float, like onnxruntime's quantize_dynamic; needs no calibration data",
+    )
+    p.add_argument(
+        "--weights",
+        choices=["int8", "int4"],
+        default="int8",
+        help="int8 (default): int8 per-channel weights with integer activations; int4: matmul layers become "
+        "weight-only int4 (w4a16: float activations, int4 weights in groups of --group-size input channels, "
+        "packed two per byte); --precision rules (w4a16, w8a16, int8, ...) still win per layer",
+    )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="input channels per int4 weight scale (w4a16 layers; default 64)",
+    )
+    p.add_argument(
         "--smooth",
         default="auto",
         metavar="auto|off|ALPHA",
@@ -124,6 +147,9 @@ def config_from_args(args: argparse.Namespace):
         bias_correction=args.bias_correction,
         weight_rounding=args.weight_rounding,
         smooth=args.smooth,
+        activations=args.activations,
+        weights=args.weights,
+        group_size=args.group_size,
         float_dtype="float16" if args.fp16 else "float32",
         precision=precision,
     )

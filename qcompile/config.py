@@ -32,6 +32,9 @@ class BuildConfig:
     bias_correction: bool = True
     weight_rounding: str = "gptq"  # "gptq": output-error-aware rounding from calibration data; "nearest"
     smooth: str = "auto"  # SmoothQuant: "auto" (alpha per site, only where it halves the error), "off", "0.5"
+    activations: str = "static"  # "dynamic": layer inputs quantized at run time, per token (no calibration)
+    weights: str = "int8"  # "int4": matmul layers weight-only int4 (w4a16) by default, groups of group_size
+    group_size: int = 64
     float_dtype: str = "float32"  # float layers' dtype: float16 on GPU targets (--fp16)
     precision: PrecisionSpec = PrecisionSpec()  # per-layer precision rules (--precision, --precision-file)
 
@@ -44,6 +47,16 @@ class BuildConfig:
             MethodOptions(percentile=self.percentile)
         except ValueError as exc:
             raise InputError(f"--percentile: {exc}") from None
+        if self.weights not in ("int8", "int4"):
+            raise InputError(f"--weights {self.weights!r}: choose int8 or int4")
+        if self.group_size <= 0 or self.group_size % 2:
+            raise InputError(f"--group-size {self.group_size} must be a positive even number (32, 64, 128)")
+        if self.activations not in ("static", "dynamic"):
+            raise InputError(f"--activations {self.activations!r}: choose static or dynamic")
+        if self.activations == "dynamic" and not spec.dynamic_activations:
+            raise InputError(f"--activations dynamic: target {self.target!r} cannot compute scales at run time")
+        if self.activations == "dynamic" and self.bits != 8:
+            raise InputError("--activations dynamic quantizes to 8 bits; drop --bits")
         if self.smooth not in ("auto", "off"):
             try:
                 alpha = float(self.smooth)
@@ -99,4 +112,7 @@ class BuildConfig:
         doc["precision"] = PrecisionSpec.from_json(doc.get("precision") or {})
         doc.setdefault("weight_rounding", "nearest")  # artifacts from before GPTQ rounding
         doc.setdefault("smooth", "off")  # artifacts from before smoothing
+        doc.setdefault("activations", "static")
+        doc.setdefault("weights", "int8")
+        doc.setdefault("group_size", 64)
         return BuildConfig(**doc)

@@ -26,7 +26,8 @@ from qcompile.passes.annotate import annotate, resolve_skips
 from qcompile.passes.canonicalize import canonicalize
 from qcompile.passes.plan import QParams, QuantPlan
 from qcompile.passes.realize import Calibration, RealizeIntegerOps
-from qcompile.precision import FLOAT_PRECISIONS, PrecisionSpec, default_precision
+from qcompile.passes.scheme import DYNAMIC_INT8, WEIGHT_INT8, weight_int4
+from qcompile.precision import FLOAT_PRECISIONS, WEIGHT_ONLY, PrecisionSpec, default_precision
 from qcompile.targets import TARGETS, TargetSpec
 
 
@@ -81,6 +82,11 @@ def layer_precisions(canon: Canonical, config: BuildConfig) -> dict[str, str]:
     if config.bits == FLOAT_BITS:
         return dict.fromkeys(names, "fp32")
     resolved = config.precision.resolve(names, default_precision(config.bits))
+    if config.weights == "int4":  # --weights int4: every matmul layer no rule names is weight-only int4
+        matmuls = set(canon.model.layer_names().get("relax.matmul", []))
+        for name in names:
+            if name in matmuls and not config.precision.names(name):
+                resolved[name] = "w4a16"
     for name in resolve_skips(names, config.skip, config.skip_first, config.skip_last):
         resolved[name] = config.float_precision
     return resolved
@@ -94,10 +100,17 @@ def annotate_stage(canon: Canonical, config: BuildConfig, target: TargetSpec) ->
     layer_act = {}
     if wide:
         layer_act = dict.fromkeys(wide, target.activation_policy(16).spec)
+    act = DYNAMIC_INT8 if config.activations == "dynamic" else policy.spec
+    weight_only = {name: p for name, p in precisions.items() if p in WEIGHT_ONLY}
+    layer_weight = {
+        name: weight_int4(config.group_size) if p == "w4a16" else WEIGHT_INT8 for name, p in weight_only.items()
+    }
     return annotate(
         canon.mod,
         layer_of=canon.layer_of,
-        act=policy.spec,
+        act=act,
+        layer_weight=layer_weight,
+        layer_scheme=dict.fromkeys(weight_only, "weight-only"),
         weight=target.weights,
         bits=config.bits,
         target=target.name,
@@ -134,9 +147,10 @@ def calibrate_stage(
     """The quantization parameters of every site. With `rounding` (GPTQ), the same pass collects each
     integer layer's input second moments into it, or, with --qparams, reads the offsets the earlier
     build saved next to that qparams.json."""
-    if not plan.sites:
-        return {}  # nothing to calibrate (--bits 32)
     gptq = rounding is not None and rounding.method == "gptq"
+    static = any(not spec.dynamic for spec in plan.sites.values())
+    if not static and not (gptq and (calib is not None or qparams is not None) and plan.quantized_layers):
+        return {}  # nothing to calibrate (--bits 32; --activations dynamic or weight-only without data)
     if qparams is not None:
         loaded = load_qparams(qparams, canon.model.sha256, plan)
         if gptq:
@@ -186,7 +200,8 @@ def layer_input_moments(canon: Canonical, plan: QuantPlan) -> dict[str, tuple[st
     moments = {}
     for op in plan.ops:
         rule = OP_RULES.get(op.rule)
-        if isinstance(rule, LinearRule) and const_value(calls[op.var].args[1]).size <= MAX_WEIGHTS:
+        low_bit = op.weight is not None and op.weight.bits < 8  # GPTQ matters most there: every layer
+        if isinstance(rule, LinearRule) and (low_bit or const_value(calls[op.var].args[1]).size <= MAX_WEIGHTS):
             moments[op.var] = (op.inputs[0], InputMoments(rule.geometry(calls[op.var])))
     return moments
 

@@ -9,6 +9,9 @@ match no layer are errors: a typo must not silently leave the model all-int8.
   int16  16-bit activations into this layer x int8 weights, int64 accumulators
   fp16   float layer computed in float16 (GPU targets; every float layer of the build is float16)
   fp32   float layer (what --skip does)
+  w8a16  weight-only int8: float activations x int8 per-channel weights, dequantized in the kernel
+  w4a16  weight-only int4: float activations x int4 weights with one scale per group of --group-size
+         input channels, packed two per byte in the library and unpacked in the kernel (matmul layers)
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from pathlib import Path
 
 from qcompile.errors import InputError
 
-PRECISIONS = ("int8", "int16", "fp16", "fp32")
+PRECISIONS = ("int8", "int16", "fp16", "fp32", "w8a16", "w4a16")
 FLOAT_PRECISIONS = ("fp16", "fp32")
+WEIGHT_ONLY = ("w8a16", "w4a16")  # float activations, integer weights
 BITS_OF = {"int8": 8, "int16": 16}
 _GLOB_CHARS = set("*?[")
 

@@ -43,6 +43,7 @@ class TargetSpec:
     library_name: str = "model.so"
     cpu_flags: tuple[str, ...] = ()  # /proc/cpuinfo flags the library's instructions need
     kernels: CpuKernelSpec | None = None  # CPU kernel templates' parameters (None: TVM's generic lowering)
+    dynamic_activations: bool = True  # can compute activation scales at run time (--activations dynamic)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def activation_policy(self, bits: int) -> ActivationPolicy:

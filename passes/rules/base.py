@@ -38,6 +38,7 @@ class AnnotateContext:
     layer_act: dict[str, QuantSpec] = field(default_factory=dict)  # layers whose input is wider (int16)
     weight: QuantSpec = WEIGHT_INT8  # the target's weight spec
     layer_weight: dict[str, QuantSpec] = field(default_factory=dict)  # per-layer weight specs (rules)
+    layer_scheme: dict[str, str] = field(default_factory=dict)  # layer -> scheme whose rule it takes
     integer: set[str] = field(default_factory=set)
     sites: dict[str, QuantSpec] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
@@ -115,12 +116,18 @@ class OpRule(Protocol):
 OP_RULES: Registry[OpRule] = Registry("op rule")
 
 
-def op_rule(*names: str):
-    """Class decorator: register one instance of the rule under each Relax op name."""
+def rule_key(op: str, scheme: str | None = None) -> str:
+    """The registry key of a rule: the Relax op name, and `@scheme` for a scheme's own rule."""
+    return op if scheme is None else f"{op}@{scheme}"
+
+
+def op_rule(*names: str, scheme: str | None = None):
+    """Class decorator: register one instance of the rule under each Relax op name (for `scheme`: the
+    rule layers of that scheme use, e.g. weight-only matmuls, beside the op's default rule)."""
 
     def decorator(cls):
         for name in names:
-            OP_RULES.add(name, cls())
+            OP_RULES.add(rule_key(name, scheme), cls())
         return cls
 
     return decorator

@@ -5,11 +5,13 @@ fused relu/clip as its clamp."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from tvm import relax
 
 from qcompile.calibration.rounding import Geometry
-from qcompile.passes.plan import OpPlan
+from qcompile.passes.plan import OpPlan, QParams
 from qcompile.passes.rewrite import const_value, is_const, op_name
 from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext, op_rule
 from qcompile.passes.rules.chain import apply_activation, follow_chain
@@ -37,10 +39,66 @@ def quantize_weight(
     return q, scale
 
 
-class LinearRule:
+class _Dynamic:
+    """Run-time quantization of a layer's input (ONNX Runtime's quantize_dynamic, per token): the scale is
+    max|x| / 127 over each token's row (or the whole tensor for a conv), computed by the library itself.
+    Integers are stored as uint8 = q + 128, the operand type of the u8 x s8 dot products; the 128 comes
+    back out of the int32 accumulator as 128 * sum(w), and the accumulator is dequantized with the
+    per-row scale times the per-channel weight scale."""
+
+    def realize_dynamic(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> relax.Expr:
+        call = binding.value
+        spec = ctx.site_spec(call.args[0])
+        x = ctx.floated(call.args[0])
+        weight = const_value(call.args[1])
+        channels = weight.shape[self.weight_axis]
+        bias = np.zeros(channels)
+        if plan.bias is not None:
+            bias = np.broadcast_to(const_value(ctx.binding(plan.bias).value.args[1]).reshape(-1), (channels,))
+        w_spec = plan.weight or WEIGHT_INT8
+        wq, w_scale = quantize_weight(weight, self.weight_axis, 0.0, w_spec)
+        if ctx.rounding is not None:
+            rows = ctx.rounding.round(
+                plan.var, self.rows(weight), w_scale, self.row_groups(call, channels), w_spec.qmax
+            )
+            wq = self.from_rows(rows, weight.shape).astype(w_spec.storage)
+        ndim = len(call.args[0].ty.shape)
+        axes = [ndim - 1] if spec.granularity == "token" else list(range(ndim))
+        absmax = ctx.emit(relax.op.max(relax.op.abs(x), axis=axes, keepdims=True))
+        scale = ctx.emit(
+            relax.op.divide(relax.op.maximum(absmax, relax.const(1e-8, "float32")), relax.const(127.0, "float32"))
+        )
+        q = ctx.emit(relax.op.clip(relax.op.round(relax.op.divide(x, scale)), -127.0, 127.0))
+        q = ctx.emit(relax.op.astype(relax.op.add(q, relax.const(128.0, "float32")), "uint8"))
+        x_q = QTensor(q, QParams(1.0, 128, "uint8"))
+        acc, out_ndim, axis = self.accumulate(ctx, call, x_q, wq, accumulator(spec, w_spec))
+        wsum = wq.astype(np.int64).sum(axis=tuple(i for i in range(wq.ndim) if i != self.weight_axis))
+        acc = ctx.emit(relax.op.add(acc, int_const(channel_shape(-128 * wsum, out_ndim, axis), "int32")))
+        y = ctx.emit(relax.op.astype(acc, "float32"))
+        if spec.granularity == "token" and self.weight_axis == 1:  # the row scales line up with the output rows
+            y = ctx.emit(relax.op.multiply(y, scale))
+        else:
+            y = ctx.emit(relax.op.multiply(y, relax.op.reshape(scale, [1] * out_ndim)))
+        w_part = relax.const(channel_shape(w_scale.astype(np.float32), out_ndim, axis), "float32")
+        last = plan.clamp is None and plan.activation is None and plan.bias is None
+        y = ctx.emit(relax.op.multiply(y, w_part), plan.output if last else None)
+        if plan.bias is not None:
+            b = relax.const(channel_shape(bias.astype(np.float32), out_ndim, axis), "float32")
+            y = ctx.emit(relax.op.add(y, b), plan.output if plan.clamp is None and plan.activation is None else None)
+        if plan.clamp is not None:
+            y = ctx.emit(
+                relax.op.clip(y, float(plan.clamp[0]), float(plan.clamp[1])), None if plan.activation else plan.output
+            )
+        if plan.activation is not None:
+            y = apply_activation(ctx.bb, y, plan.activation, plan.output)
+        return y
+
+
+class LinearRule(_Dynamic):
     """Shared annotate/realize of the two weight-bearing layer ops."""
 
     weight_axis = 0
+    dynamic_granularity = "tensor"  # run-time scales: one per tensor (a conv), one per token (a matmul)
 
     def channels(self, binding: relax.VarBinding) -> int:
         return int(const_value(binding.value.args[1]).shape[self.weight_axis])
@@ -83,8 +141,13 @@ class LinearRule:
             return None
         channels = self.channels(binding)
         chain = follow_chain(ctx, binding.var, bias_ok=lambda a: a.size in (1, channels), float_activation=True)
-        ctx.need_site(data, ctx.layer_act.get(layer))
-        ctx.produce(chain.output.name)
+        act = ctx.layer_act.get(layer, ctx.act)
+        if act.dynamic:  # scales from the tensor at run time: float in, float out, nothing to calibrate
+            spec = replace(act, granularity=self.dynamic_granularity)
+            ctx.sites[data.name] = spec
+        else:
+            ctx.need_site(data, ctx.layer_act.get(layer))
+            ctx.produce(chain.output.name)
         weight_spec = ctx.weight_spec(layer)
         return OpPlan(
             var=binding.var.name,
@@ -97,10 +160,13 @@ class LinearRule:
             clamp=chain.clamp,
             activation=chain.activation,
             weight=weight_spec,
+            float_output=act.dynamic,
         )
 
     def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> QTensor | relax.Expr:
         call = binding.value
+        if ctx.site_spec(call.args[0]).dynamic:
+            return self.realize_dynamic(ctx, binding, plan)
         x = ctx.quantized(call.args[0])
         weight = const_value(call.args[1])
         divisor = None if x.qparams.divisor is None else np.asarray(x.qparams.divisor, np.float64)
@@ -243,6 +309,7 @@ class Conv2dRule(LinearRule):
 @op_rule("relax.matmul")
 class MatmulRule(LinearRule):
     weight_axis = 1
+    dynamic_granularity = "token"
 
     def supported(self, binding: relax.VarBinding) -> bool:
         return const_value(binding.value.args[1]).ndim == 2

@@ -71,7 +71,7 @@ def observe(
     second moments of those layer inputs, and with `samplers` (site -> smoothing candidate) a sample of
     their rows, in the same pass. With `divided` (site -> per-channel divisor), only those sites are
     observed, as x / divisor (the values a smoothed site stores)."""
-    exposed = sorted(plan.sites)
+    exposed = sorted(s for s, spec in plan.sites.items() if not spec.dynamic)
     moments = moments or {}
     extra = sorted({name for name, _ in moments.values()} - set(exposed))
     key = (id(mod), tuple(exposed + extra))
@@ -91,14 +91,30 @@ def observe(
             observers[site].update(value)
         if divided is not None:
             continue  # the second pass only re-observes the smoothed sites
+        tokens = token_mask(batch)
         for name, stats in moments.values():
-            stats.update(values[name])
+            stats.update(values[name], tokens)
         for site, sampler in (samplers or {}).items():
             sampler.update(values[site])
     return observers
 
 
 _VMS: dict = {}  # the last calibration module compiled, by (module, exposed tensors)
+
+
+def token_mask(batch: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The positions of a padded sequence batch that hold tokens: an integer B x S input named like a
+    mask (attention_mask, input_mask) whose values are all 0/1, as booleans; None without one.
+
+    Padding positions never reach a masked model's output (attention ignores them, pooling skips them)
+    but are most of the rows of a short-sentence batch: left in, they set the weights' GPTQ rounding
+    for values the model never uses (MiniLM int4: mean cosine 0.9878 with them, 0.9891 without)."""
+    for name, value in batch.items():
+        value = np.asarray(value)
+        if "mask" in name.lower() and value.ndim == 2 and np.issubdtype(value.dtype, np.integer):
+            if np.all((value == 0) | (value == 1)) and value.any():
+                return value.astype(bool)
+    return None
 
 
 def channel_vector(values: np.ndarray, ndim: int) -> np.ndarray:

@@ -55,14 +55,15 @@ def load_qparams(path: str | Path, model_sha256: str, plan: QuantPlan) -> dict[s
         }
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise InputError(f"{path} has a malformed site entry ({exc})") from None
-    missing = sorted(set(plan.sites) - set(qparams))
-    wrong = sorted(s for s in plan.sites if s in qparams and qparams[s].dtype != plan.sites[s].dtype)
+    static = {s: spec for s, spec in plan.sites.items() if not spec.dynamic}  # dynamic sites have no qparams
+    missing = sorted(set(static) - set(qparams))
+    wrong = sorted(s for s in static if s in qparams and qparams[s].dtype != static[s].dtype)
     if missing or wrong:
         raise InputError(
             f"{path} does not match this build's plan (missing {missing[:5]}, other dtype {wrong[:5]}): "
             "calibrate again with the same --bits/--skip options"
         )
-    return {s: qparams[s] for s in plan.sites}
+    return {s: qparams[s] for s in static}
 
 
 def _means(values: list | None) -> tuple[float, ...] | None:

@@ -65,7 +65,7 @@ def _export(path: Path) -> None:
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(mean, p=2, dim=1)
 
-    model = SentenceEncoder()
+    model = SentenceEncoder().eval()
     example = tuple(torch.ones(1, SEQ, dtype=torch.int64) for _ in INPUTS)
     tmp = atomic_temp_path(path)
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():

@@ -122,3 +122,22 @@ def unsupported_model(path: Path) -> Path:
 
 def random_inputs(n: int, seed: int, shape: tuple[int, ...] = (3, 12, 12)) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, *shape)).astype(np.float32)
+
+
+def mlp_tokens_model(path: Path, seq: int = 16, hidden: int = 64, ffn: int = 128, seed: int = 0) -> Path:
+    """A transformer-shaped MLP on a [1, seq, hidden] input: matmul+bias -> relu -> matmul+bias."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("MatMul", ["input", "w1"], ["m1"], name="up"),
+        helper.make_node("Add", ["m1", "b1"], ["a1"], name="up_bias"),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu"),
+        helper.make_node("MatMul", ["r1", "w2"], ["m2"], name="down"),
+        helper.make_node("Add", ["m2", "b2"], ["out"], name="down_bias"),
+    ]
+    inits = [
+        _init("w1", rng.normal(size=(hidden, ffn)) / np.sqrt(hidden)),
+        _init("b1", rng.normal(size=ffn) * 0.1),
+        _init("w2", rng.normal(size=(ffn, hidden)) / np.sqrt(ffn)),
+        _init("b2", rng.normal(size=hidden) * 0.1),
+    ]
+    return _save_float_graph(path, "mlp", nodes, inits, ("input", [1, seq, hidden]), ("out", [1, seq, hidden]))
