@@ -101,9 +101,13 @@ def _layer_precision(
 ) -> dict[str, str]:
     """What each layer computes in, as realized: its input site's width for integer layers (a layer may
     read 16 bits because another reader of the same tensor asked for int16), else the float precision."""
-    out = {name: asked.get(name, "fp32") for name in float_layers}
+    # a float layer computes in the float precision asked for it, fp32 where an integer one was asked
+    # but the op cannot take it (an activation x activation matmul under --weights int4)
+    out = {name: asked[name] if asked.get(name) in ("fp16", "fp32") else "fp32" for name in float_layers}
     for op in ops:
-        if op.layer is not None:
+        if op.layer is not None and op.rule.endswith("@weight-only") and op.weight is not None:
+            out[op.layer] = f"w{op.weight.bits}a16"  # float activations: the weights' width names it
+        elif op.layer is not None:
             roots = (root_site(aliases, name) for name in op.inputs)
             widths = {sites[root].dtype for root in roots if root in sites}
             out[op.layer] = "int16" if "int16" in widths else "int8"

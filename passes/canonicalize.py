@@ -28,7 +28,20 @@ from qcompile.passes.rewrite import (
     var_uses,
 )
 
-LAYER_OPS = ("relax.nn.conv2d", "relax.matmul")
+LAYER_OPS = ("relax.nn.conv2d", "relax.matmul", "relax.take")
+
+
+def is_layer(value: relax.Expr) -> bool:
+    """A conv2d or matmul, or an embedding lookup (take from a constant table): the ops precision
+    rules, --skip and the mixed-precision search address by their ONNX node names."""
+    name = op_name(value)
+    if name == "relax.take":
+        from qcompile.passes.rules.embedding import is_table_lookup
+
+        return is_table_lookup(value)
+    return name in LAYER_OPS
+
+
 _AFFINE_OPS = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
 
 
@@ -51,7 +64,7 @@ class NameLayers:
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         bindings = main_bindings(mod["main"])
-        found = {op: [b for b in bindings if op_name(b.value) == op] for op in LAYER_OPS}
+        found = {op: [b for b in bindings if op_name(b.value) == op and is_layer(b.value)] for op in LAYER_OPS}
         names: dict[relax.Var, str] = {}
         for op, onnx_names in self.onnx_layers.items():
             if len(found.get(op, [])) != len(onnx_names):
@@ -73,7 +86,7 @@ class NameLayers:
                 self.layer_of[var_name] = names[b.var]
             else:
                 var_name = unique(b.var.name)
-                if op_name(b.value) in LAYER_OPS:
+                if is_layer(b.value):
                     self.layer_of[var_name] = var_name
             copy_binding(bb, env, b, var_name)
 
@@ -182,7 +195,7 @@ class FoldAffineIntoLayer:
 
 def _layer_channels(value: relax.Expr) -> int | None:
     name = op_name(value)
-    if name not in LAYER_OPS or not is_const(value.args[1]):
+    if name not in ("relax.nn.conv2d", "relax.matmul") or not is_const(value.args[1]):
         return None
     if name == "relax.nn.conv2d":
         if value.attrs.data_layout != "NCHW" or value.attrs.kernel_layout != "OIHW":

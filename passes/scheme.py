@@ -100,6 +100,23 @@ def weight_int4(group_size: int) -> QuantSpec:
 DYNAMIC_INT8 = QuantSpec("int8", symmetric=True, granularity="token", narrow=True, dynamic=True)
 
 
+def stored_bytes(spec: QuantSpec, shape: tuple[int, ...], channel_axis: int) -> int:
+    """Bytes a weight of `shape` takes when stored by `spec`: the integers (sub-byte types packed), a
+    float32 scale per tensor, channel or group, and a one-byte zero point per scale when affine."""
+    elements = 1
+    for dim in shape:
+        elements *= int(dim)
+    integers = -(-elements * spec.bits // 8)
+    if spec.granularity == "group":
+        assert spec.group_size is not None
+        scales = elements // spec.group_size
+    elif spec.granularity == "channel":
+        scales = int(shape[channel_axis])
+    else:
+        scales = 1
+    return integers + scales * (4 + (0 if spec.symmetric else 1))
+
+
 def accumulator(activation: QuantSpec, weight: QuantSpec | None = None) -> str:
     """The integer type that sums activation x weight products exactly. int32 holds 2**31 / (255 * 127)
     = 66k worst-case 8-bit products (every real layer); a 16-bit operand makes one product up to

@@ -117,10 +117,12 @@ def write_artifact(
     schedules: dict | None = None,
     extra_json: dict[str, dict] | None = None,
     rounding: dict[str, np.ndarray] | None = None,
+    integer_weights: dict | None = None,
 ) -> Path:
     """`extra_json`: more JSON files for the artifact (e.g. precision.json of a mixed-precision search).
     `rounding`: each layer's integer weights minus nearest rounding (rounding.npz, read back with
-    --qparams so a rebuild from this artifact's qparams.json rounds its weights the same way)."""
+    --qparams so a rebuild from this artifact's qparams.json rounds its weights the same way).
+    `integer_weights`: what the integer layers' weights take, per scheme (pipeline.weight_storage)."""
     import tvm
 
     from qcompile.calibration.store import ROUNDING, qparams_to_json
@@ -146,6 +148,7 @@ def write_artifact(
             "weights_fp32_bytes": model.weight_bytes(),
             "library_bytes": library.stat().st_size,
             "library_to_fp32_weights": round(library.stat().st_size / max(model.weight_bytes(), 1), 4),
+            "integer_weights": integer_weights or {},
             "stage_seconds": dict(timings),
         }
         _write_json(staging / "report.json", report)
@@ -167,7 +170,7 @@ def write_artifact(
             },
             "target": {"name": target.name, "tvm": dict(target.tvm_target), "cpu_flags": list(target.cpu_flags)},
             "library": target.library_name,
-            "inputs": [s.to_json() for s in model.inputs],
+            "inputs": _inputs_json(model),
             "outputs": outputs,
             "quantization": _quantization(config, plan, target),
             "kernels": _kernels(target, schedules or {}),
@@ -191,6 +194,13 @@ def update_json(artifact: Path, name: str, doc: dict) -> None:
     _write_json(artifact / MANIFEST, manifest)
 
 
+def _inputs_json(model: OnnxModel) -> list[dict]:
+    """Each input's name, shape and dtype, and for integer inputs whose valid values the graph shows
+    (token ids, masks), their `range` [lo, hi]."""
+    ranges = model.input_ranges()
+    return [{**s.to_json(), **({"range": list(ranges[s.name])} if s.name in ranges else {})} for s in model.inputs]
+
+
 def _quantization(config: BuildConfig, plan: QuantPlan, target: TargetSpec) -> dict:
     if config.bits == FLOAT_BITS:
         return {
@@ -199,16 +209,19 @@ def _quantization(config: BuildConfig, plan: QuantPlan, target: TargetSpec) -> d
             "weights": {"dtype": config.float_dtype},
             "config": config.to_json(),
         }
-    from qcompile.passes.scheme import accumulator
+    from qcompile.passes.scheme import DYNAMIC_INT8, accumulator
 
     policy = target.activation_policy(config.bits)
+    act, why = policy.spec, policy.reason
+    if config.activations == "dynamic":
+        act, why = DYNAMIC_INT8, "--activations dynamic: each layer input's scale is computed at run time"
     layer_weights = [op.weight for op in plan.ops if op.layer is not None and op.weight is not None]
     return {
         "bits": config.bits,
-        "activations": {**policy.spec.to_json(), "why": policy.reason},
+        "activations": {**act.to_json(), "why": why},
         "weights": target.weights.to_json(),  # the default; plan.json has every layer's spec
         "weight_schemes": [json.loads(s) for s in sorted({json.dumps(w.to_json()) for w in layer_weights})],
-        "accumulator": accumulator(policy.spec, target.weights),
+        "accumulator": accumulator(act, target.weights),
         "requantize": "fixed-point: 32x32->64-bit multiply by a per-channel multiplier, round half up, right "
         "shift (high 32 bits in int32 where that is exact, else int64), + zero point, clamp",
         "config": config.to_json(),

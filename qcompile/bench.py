@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qcompile.errors import InputError
+
 IDLE_S = 0.5
 
 
@@ -98,9 +100,14 @@ class _Engine:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
     def run(self, count: int, start: int) -> list[float]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stdin is not None
         self.proc.stdin.write(f"{count} {start}\n")
         self.proc.stdin.flush()
+        return self.reply()
+
+    def reply(self) -> list[float]:
+        """The next line the engine prints: its "[]" once loaded and warm, then each block's times."""
+        assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"benchmark engine {self.proc.args[3]} died (exit {self.proc.wait()})")
@@ -140,7 +147,7 @@ def measure(engines: dict[str, _Engine], rounds: int, per_round: int) -> list[Ro
     next engine runs on."""
     rows = {name: Row(name, []) for name in engines}
     for engine in engines.values():
-        engine.run(0, 0)  # wait until loaded and warm
+        engine.reply()  # wait until loaded and warm (asking for a block here would leave its reply unread)
     for r in range(rounds):
         for name, engine in engines.items():
             time.sleep(IDLE_S)
@@ -148,33 +155,82 @@ def measure(engines: dict[str, _Engine], rounds: int, per_round: int) -> list[Ro
     return list(rows.values())
 
 
+def ort_dynamic_model(model: Path, output: Path) -> Path:
+    """onnxruntime's quantize_dynamic of `model` (int8 weights, activations quantized at run time,
+    per-channel): the usual onnxruntime answer for a transformer, with no calibration data."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(model), str(output), weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
+    return output
+
+
+def artifact_label(manifest: dict, float_layers: int) -> str:
+    """fp32, int8, int8 dynamic, int4 weight-only, ... (+ N float layers) from an artifact's manifest."""
+    quant = manifest["quantization"]
+    if quant["bits"] == 32:
+        return "fp32"
+    config = quant.get("config", {})
+    label = f"int{quant['bits']}"
+    if config.get("weights") == "int4":
+        label = "int4 weight-only"
+    elif config.get("activations") == "dynamic":
+        label = "int8 dynamic"
+    return label + (f" + {float_layers} float layers" if float_layers else "")
+
+
+def default_inputs(specs: list[dict], count: int = 4) -> list[dict[str, np.ndarray]]:
+    """Inputs for timing when none are given: random normal floats; integer inputs drawn from the
+    range the manifest records (token ids 0..vocab-1, masks all ones); an integer input with no known
+    range is an error asking for --data (out-of-range ids crash a lookup, in onnxruntime too)."""
+    rng = np.random.default_rng(0)
+    out: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
+    for spec in specs:
+        name, shape, dtype = spec["name"], tuple(spec["shape"]), spec["dtype"]
+        for sample in out:
+            if not dtype.startswith(("int", "uint", "bool")):
+                sample[name] = rng.standard_normal(shape).astype(dtype)
+            elif "range" not in spec:
+                raise InputError(f"input {name!r} is {dtype} and its valid values are unknown: give inputs with --data")
+            elif "mask" in name.lower():
+                sample[name] = np.ones(shape, dtype)
+            else:
+                lo, hi = spec["range"]
+                sample[name] = rng.integers(lo, hi + 1, size=shape).astype(dtype)
+    return out
+
+
 def bench(
     artifacts: list[Path],
     *,
     model: Path | None = None,
     ort_int8: Path | None = None,
+    ort_dynamic: Path | None = None,
     inputs: list[dict] | None = None,
     threads: int | None = None,
     rounds: int = 5,
     per_round: int = 20,
 ) -> dict:
     """Latency table of the artifacts (labelled by their manifest's bits: int8 / fp32) and, with
-    `model`, onnxruntime fp32 on it and, with `ort_int8`, onnxruntime on that quantized model."""
+    `model`, onnxruntime fp32 on it and, with `ort_int8` / `ort_dynamic`, onnxruntime on those
+    quantized models (quantize_static QDQ / quantize_dynamic)."""
     from qcompile.runtime import open_artifact
 
     threads = threads or os.cpu_count() or 1
     first = open_artifact(artifacts[0])
     if inputs is None:
-        rng = np.random.default_rng(0)
-        inputs = [{s.name: rng.standard_normal(s.shape).astype(s.dtype) for s in first.inputs} for _ in range(4)]
+        inputs = default_inputs(first.manifest["inputs"])
     specs: dict[str, tuple[str, Path]] = {}
     for path in artifacts:
         art = open_artifact(path)
         bits = art.manifest["quantization"]["bits"]
-        label = "fp32" if bits == 32 else f"int{bits}"
         floats = len(art.read_json("report.json").get("float_layers", [])) if bits != 32 else 0
-        if floats:
-            label += f" + {floats} float layers"
+        label = artifact_label(art.manifest, floats)
         tuned = art.manifest.get("kernels", {}).get("schedules", {}).get("tuned", 0)
         name = f"qcompile {label} ({'tuned' if tuned else 'default schedules'})"
         if name in specs:
@@ -184,6 +240,8 @@ def bench(
         specs["onnxruntime fp32"] = ("onnx", Path(model))
     if ort_int8 is not None:
         specs["onnxruntime int8 (QDQ)"] = ("onnx", Path(ort_int8))
+    if ort_dynamic is not None:
+        specs["onnxruntime int8 dynamic"] = ("onnx", Path(ort_dynamic))
     with tempfile.TemporaryDirectory(prefix="qcompile-bench-") as tmp:
         feeds = Path(tmp) / "inputs.npz"
         arrays = {f"{i}/{k}": v for i, feed in enumerate(inputs) for k, v in feed.items()}
@@ -212,13 +270,16 @@ def bench(
 
 
 def format_table(result: dict) -> str:
+    width = max([40] + [len(r["engine"]) for r in result["rows"]])
     lines = [
         f"batch {result['batch']}, {result['threads']} threads, {result['samples_per_engine']} runs per engine "
         "(interleaved rounds)",
-        f"  {'engine':<40} {'median ms':>10} {'p10 ms':>9}  {'vs first':>8}",
+        f"  {'engine':<{width}} {'median ms':>10} {'p10 ms':>9}  {'vs first':>8}",
     ]
     for r in result["rows"]:
-        lines.append(f"  {r['engine']:<40} {r['median_ms']:>10.3f} {r['p10_ms']:>9.3f}  x{r['ratio_to_first']:>7.2f}")
+        lines.append(
+            f"  {r['engine']:<{width}} {r['median_ms']:>10.3f} {r['p10_ms']:>9.3f}  x{r['ratio_to_first']:>7.2f}"
+        )
     return "\n".join(lines)
 
 

@@ -65,7 +65,18 @@ def add_parsers(sub) -> None:
         metavar="NPZ",
         help="also onnxruntime int8: its quantize_static (QDQ, per-channel) of --model with this calibration .npz",
     )
-    b.add_argument("--data", metavar="NPZ", help="inputs to time on (default: random normal inputs)")
+    b.add_argument(
+        "--ort-int8-dynamic",
+        action="store_true",
+        help="also onnxruntime int8 dynamic: its quantize_dynamic of --model (per-channel int8 weights, "
+        "activations quantized at run time; needs no calibration data)",
+    )
+    b.add_argument(
+        "--data",
+        metavar="NPZ",
+        help="inputs to time on (default: random normal floats; integer inputs within the range the graph "
+        "gives them, e.g. token ids below the vocabulary size and masks of ones, else an error asking for --data)",
+    )
     b.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every engine")
     b.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     b.add_argument("--per-round", type=int, default=20, help="runs per engine per round (default 20)")
@@ -129,12 +140,14 @@ def db_info(args: argparse.Namespace) -> int:
 def bench(args: argparse.Namespace) -> int:
     if args.threads <= 0 or args.rounds <= 0 or args.per_round <= 0:
         raise InputError("--threads, --rounds and --per-round must be positive")
-    if (args.vs_onnxruntime or args.ort_int8_calib) and not args.model:
-        raise InputError("--vs-onnxruntime and --ort-int8-calib need --model (the float ONNX model)")
+    if (args.vs_onnxruntime or args.ort_int8_calib or args.ort_int8_dynamic) and not args.model:
+        raise InputError(
+            "--vs-onnxruntime, --ort-int8-calib and --ort-int8-dynamic need --model (the float ONNX model)"
+        )
     import tempfile
 
     from qcompile.bench import bench as run_bench
-    from qcompile.bench import format_table, ort_int8_model
+    from qcompile.bench import format_table, ort_dynamic_model, ort_int8_model
     from qcompile.runtime import open_artifact
 
     artifacts = [Path(a) for a in args.artifacts]
@@ -154,10 +167,12 @@ def bench(args: argparse.Namespace) -> int:
             calib_data = load_data(args.ort_int8_calib, first.inputs, "--ort-int8-calib")
             calib = {s.name: calib_data.samples(s.name) for s in first.inputs}
             ort_int8 = ort_int8_model(Path(args.model), calib, Path(tmp) / "int8.onnx")
+        ort_dynamic = ort_dynamic_model(Path(args.model), Path(tmp) / "dynamic.onnx") if args.ort_int8_dynamic else None
         result = run_bench(
             artifacts,
             model=Path(args.model) if args.vs_onnxruntime else None,
             ort_int8=ort_int8,
+            ort_dynamic=ort_dynamic,
             inputs=inputs,
             threads=args.threads,
             rounds=args.rounds,

@@ -51,12 +51,52 @@ class OnnxModel:
     folding: dict = field(default_factory=dict)  # what the fold pass did (FoldReport.to_json)
 
     def layer_names(self) -> dict[str, list[str]]:
-        """ONNX node names of the conv/matmul layers, per Relax op, in graph order."""
+        """ONNX node names of the conv/matmul layers and the embedding lookups (Gather of a 2-D float
+        initializer by indices the model computes or takes as input), per Relax op, in graph order."""
+        graph = self.proto.graph
+        tables = {i.name for i in graph.initializer if len(i.dims) == 2 and i.data_type == onnx.TensorProto.FLOAT}
+        constant = {i.name for i in graph.initializer}
+        constant |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
         names: dict[str, list[str]] = {}
-        for node in self.proto.graph.node:
+        for node in graph.node:
             if node.op_type in LAYER_ONNX_OPS:
                 names.setdefault(LAYER_ONNX_OPS[node.op_type], []).append(node_name(node))
+            elif node.op_type == "Gather" and node.input[0] in tables and node.input[1] not in constant:
+                if not any(a.name == "axis" and a.i != 0 for a in node.attribute):
+                    names.setdefault("relax.take", []).append(node_name(node))
         return names
+
+    def input_ranges(self) -> dict[str, tuple[int, int]]:
+        """The valid values of integer inputs, where the graph says: an index into a constant table
+        (Gather, through Cast/Reshape/Unsqueeze/...) takes 0..rows-1; a 0/1 mask is named like one.
+        Used to make inputs when a command is given none (bench), and recorded in the manifest."""
+        graph = self.proto.graph
+        inits = {i.name: i for i in graph.initializer}
+        readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+        ranges: dict[str, tuple[int, int]] = {}
+        for spec in self.inputs:
+            if not spec.dtype.startswith(("int", "uint")):
+                continue
+            frontier, seen = [spec.name], set()
+            while frontier:
+                tensor = frontier.pop()
+                for node in readers.get(tensor, []):
+                    if node.op_type in ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"):
+                        if node.output[0] not in seen:
+                            seen.add(node.output[0])
+                            frontier.append(node.output[0])
+                    elif node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == tensor:
+                        table = inits.get(node.input[0])
+                        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                        if table is not None and len(table.dims) > axis:
+                            hi = int(table.dims[axis]) - 1
+                            ranges[spec.name] = (0, min(hi, ranges.get(spec.name, (0, hi))[1]))
+            if spec.name not in ranges and "mask" in spec.name.lower():
+                ranges[spec.name] = (0, 1)
+        return ranges
 
     def weight_bytes(self) -> int:
         """Bytes of the weights as fp32 (every floating-point initializer and Constant-node tensor of the

@@ -22,7 +22,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 DAMP = 0.01  # added to H's diagonal, relative to its mean: measured best of 0.001 / 0.01 / 0.1
 # sub-8-bit weights (act-order GPTQ): MiniLM int4 g64 mean cosine 0.9900 / 0.9904 / 0.9905 / 0.9901 at
 # 0.03 / 0.05 / 0.1 / 0.2 (0.9891 at 0.01), with 128 calibration sentences for 1536-wide inputs
-DAMP_LOW_BIT = 0.05
+DAMP_LOW_BIT = 0.1
 MAX_PATCH_BYTES = 256 << 20  # per image; a layer whose patches are larger keeps nearest rounding
 # Layers with more weights keep nearest rounding: the artifact stores each GPTQ layer's offsets
 # (rounding.npz), and on EfficientNet-Lite0 the 10 largest layers hold 80% of the weights but add
@@ -75,14 +75,9 @@ class InputMoments:
     count: int = 0
     too_large: bool = False
 
-    def update(self, values: np.ndarray, tokens: np.ndarray | None = None) -> None:
-        """`tokens`: a B x S mask of the sequence positions that carry data (see `token_mask`); a matmul
-        input laid out B x S x K then counts only those rows, not the padding's."""
+    def update(self, values: np.ndarray) -> None:
         if self.too_large:
             return
-        values = np.asarray(values)
-        if self.geometry.kind == "matmul" and tokens is not None and values.shape[:-1] == tokens.shape:
-            values = values[tokens]
         for image in np.asarray(values)[:, None] if self.geometry.kind == "conv2d" else [values]:
             p = self.geometry.patches(image)
             if p is None:
@@ -134,6 +129,7 @@ def gptq_act_order(
         permuted(qmax),
         permuted(qmin),
         damp=DAMP_LOW_BIT,
+        blocked=True,
     )
     return q[:, inverse]
 
@@ -146,11 +142,14 @@ def gptq(
     qmax,
     qmin=None,
     damp: float | None = None,
+    blocked: bool = False,
 ) -> np.ndarray:
     """Integer rows (R x D) in [qmin, qmax] (see `nearest`) for float `rows` with per-row `scale` (or
-    R x D: group scales); row r reads
-    input group groups[r], whose second moment is hessian[groups[r]] (G x D x D). Columns are rounded
-    left to right, each error spread over the columns to its right by the upper Cholesky factor of H^-1."""
+    R x D: group scales); row r reads input group groups[r], whose second moment is hessian[groups[r]]
+    (G x D x D). Columns are rounded left to right, each error spread over the columns to its right by
+    the upper Cholesky factor of H^-1. `blocked` (one shared H): the same updates, applied a block of
+    columns at a time with one matrix product for the columns right of the block (GPTQ's lazy batch
+    updates; 8x faster on MiniLM's 36 int4 layers, equal up to float summation order)."""
     w = rows.astype(np.float64, copy=True)
     h = hessian.astype(np.float64, copy=True)
     d = h.shape[-1]
@@ -163,8 +162,11 @@ def gptq(
         upper = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)
     except np.linalg.LinAlgError:
         return nearest(rows, scale, qmax, qmin)
-    q = np.empty_like(w)
     shared = h.shape[0] == 1
+    if blocked and shared:
+        q = _gptq_blocked(w, upper[0], scale, qmax, qmin)
+        return q if np.all(np.isfinite(q)) else nearest(rows, scale, qmax, qmin)
+    q = np.empty_like(w)
     for i in range(d):
         s = scale[:, i] if scale.ndim == 2 else scale  # group scales: each weight its own
         hi = _column(qmax, i)
@@ -177,6 +179,31 @@ def gptq(
     if not np.all(np.isfinite(q)):
         return nearest(rows, scale, qmax, qmin)
     return q
+
+
+def _gptq_blocked(w: np.ndarray, upper: np.ndarray, scale: np.ndarray, qmax, qmin, block: int = 128) -> np.ndarray:
+    """`gptq` for one shared H, on the transposed (column-major) weights, a block at a time."""
+    wt = np.ascontiguousarray(w.T)  # D x R: column i is row i, contiguous
+    st = np.ascontiguousarray(scale.T) if scale.ndim == 2 else scale
+    hi_t = np.asarray(qmax).T if np.ndim(qmax) == 2 else qmax
+    lo_t = -np.asarray(hi_t) if qmin is None else (np.asarray(qmin).T if np.ndim(qmin) == 2 else qmin)
+    d = wt.shape[0]
+    qt = np.empty_like(wt)
+    for b0 in range(0, d, block):
+        b1 = min(b0 + block, d)
+        errs = np.empty((b1 - b0, wt.shape[1]))
+        for i in range(b0, b1):
+            s = st[i] if np.ndim(st) == 2 else st
+            lo = lo_t[i] if np.ndim(lo_t) == 2 else lo_t
+            hi = hi_t[i] if np.ndim(hi_t) == 2 else hi_t
+            qt[i] = np.clip(np.round(wt[i] / s), lo, hi)
+            err = (wt[i] - qt[i] * s) / upper[i, i]
+            errs[i - b0] = err
+            if i + 1 < b1:
+                wt[i + 1 : b1] -= upper[i, i + 1 : b1, None] * err[None, :]
+        if b1 < d:
+            wt[b1:] -= upper[b0:b1, b1:].T @ errs
+    return qt.T
 
 
 @dataclass

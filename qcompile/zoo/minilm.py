@@ -80,9 +80,10 @@ def _export(path: Path) -> None:
     tmp.replace(path)
 
 
-def wordnet_pairs(count: int, offset: int = 0) -> list[tuple[str, str]]:
-    """(definition, lemma) of WordNet nouns: every k-th synset from `offset`, its first lemma and the
-    gloss before its first example; deterministic for a given wordnet-base."""
+def wordnet_pairs(count: int, split: str = "eval") -> list[tuple[str, str]]:
+    """(definition, lemma) of WordNet nouns: every k-th synset of the split, its first lemma and the
+    gloss before its first example; deterministic for a given wordnet-base. The "eval" split holds the
+    even synsets, "calib" the odd ones, so calibration text is never evaluation text."""
     if not WORDNET_NOUNS.is_file():
         raise QCompileError(f"WordNet text comes from the Debian package wordnet-base ({WORDNET_NOUNS} missing)")
     entries = []
@@ -96,9 +97,10 @@ def wordnet_pairs(count: int, offset: int = 0) -> list[tuple[str, str]]:
         definition = gloss.split(";")[0].strip().strip('"').strip()
         if len(definition) > 8 and lemma.isascii():
             entries.append((definition, lemma))
-    step = max(1, len(entries) // (count * 4))
+    pool = entries[{"eval": 0, "calib": 1}[split] :: 2]
+    step = max(1, len(pool) // (count * 4))
     picked, seen = [], set()
-    for definition, lemma in entries[offset::step]:
+    for definition, lemma in pool[::step]:
         if lemma.lower() not in seen:
             seen.add(lemma.lower())
             picked.append((definition, lemma))
@@ -124,6 +126,6 @@ def retrieval_set(pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
 
 
 def calibration_set(count: int = 64) -> dict[str, np.ndarray]:
-    """Definitions and lemmas of other synsets than the evaluation pairs (offset 1)."""
-    pairs = wordnet_pairs(count // 2, offset=1)
+    """Definitions and lemmas of the calibration split (no synset of any evaluation set)."""
+    pairs = wordnet_pairs(count // 2, split="calib")
     return encode([d for d, _ in pairs] + [lemma for _, lemma in pairs])

@@ -121,3 +121,20 @@ def test_qparams_rebuild_needs_and_uses_rounding_file(fashion, tmp_path, capsys)
     assert main([*args, "--weight-rounding", "nearest"]) == 0
     near = BuildConfig.from_json(json.loads((tmp_path / "c" / "manifest.json").read_text())["quantization"]["config"])
     assert near.weight_rounding == "nearest" and not (tmp_path / "c" / "rounding.npz").exists()
+
+
+def test_blocked_gptq_makes_the_same_integers_with_affine_bounds():
+    """The lazy-batch form (int4 layers) applies the same updates as the column-by-column one, also
+    with per-weight bounds (affine groups: levels left and right of each zero point)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 300)) @ rng.normal(size=(300, 300)) * 0.1  # correlated inputs
+    h = (x.T @ x / len(x))[None]
+    w = rng.normal(size=(40, 300))
+    scale = np.repeat(np.abs(w).max(axis=1, keepdims=True), 300, axis=1) / 7
+    zero = rng.integers(0, 5, size=w.shape)
+    groups = np.zeros(40, dtype=np.int64)
+    plain = gptq(w, scale, groups, h, 15 - zero, -zero, damp=0.05)
+    blocked = gptq(w, scale, groups, h, 15 - zero, -zero, damp=0.05, blocked=True)  # 300 = 2 blocks + 44
+    np.testing.assert_array_equal(blocked, plain)
+    assert np.all(plain >= -zero) and np.all(plain <= 15 - zero)
+    assert np.any(plain != nearest(w, scale, 15 - zero, -zero)), "GPTQ moved no integer: nothing was compared"
