@@ -201,7 +201,9 @@ def layer_input_moments(canon: Canonical, plan: QuantPlan) -> dict[str, tuple[st
     for op in plan.ops:
         rule = OP_RULES.get(op.rule)
         low_bit = op.weight is not None and op.weight.bits < 8  # GPTQ matters most there: every layer
-        if isinstance(rule, LinearRule) and (low_bit or const_value(calls[op.var].args[1]).size <= MAX_WEIGHTS):
+        if op.weight is None or not isinstance(rule, LinearRule):
+            continue  # no constant weights to round (an activation x activation matmul)
+        if low_bit or const_value(calls[op.var].args[1]).size <= MAX_WEIGHTS:
             moments[op.var] = (op.inputs[0], InputMoments(rule.geometry(calls[op.var])))
     return moments
 

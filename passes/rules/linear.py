@@ -39,6 +39,52 @@ def quantize_weight(
     return q, scale
 
 
+def annotate_activation_matmul(ctx: AnnotateContext, binding: relax.VarBinding, layer: str) -> OpPlan | None:
+    """An activation x activation matmul (attention's QK^T and probabilities x V): both operands are
+    calibrated sites, the product accumulates in int32 and is dequantized (softmax, or the reshape into
+    the output projection, reads it in float). Float when skipped, under run-time (dynamic) scales, or
+    when an operand is not a float tensor."""
+    a, b = binding.value.args
+    if layer in ctx.skip or ctx.act.dynamic or not (ctx.is_float_tensor(a) and ctx.is_float_tensor(b)):
+        ctx.float_layers.append(layer)
+        return None
+    if len(a.ty.shape) < 2 or len(b.ty.shape) < 2:
+        ctx.float_layers.append(layer)
+        return None
+    ctx.need_site(a, ctx.layer_act.get(layer))
+    ctx.need_site(b, ctx.layer_act.get(layer))
+    return OpPlan(
+        var=binding.var.name,
+        rule="relax.matmul",
+        inputs=(a.name, b.name),
+        output=binding.var.name,
+        layer=layer,
+        float_output=True,
+    )
+
+
+def realize_activation_matmul(ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> relax.Expr:
+    """sum_k (qa - za)(qb - zb) = qa.qb - zb * rowsum(qa) - za * colsum(qb) + K za zb, in the wide
+    accumulator of the two specs; then times scale_a * scale_b (both per tensor)."""
+    a_var, b_var = binding.value.args
+    a, b = ctx.quantized(a_var), ctx.quantized(b_var)
+    acc_dtype = accumulator(ctx.site_spec(a_var), ctx.site_spec(b_var))
+    k = int(a_var.ty.shape[-1])
+    acc = ctx.emit(relax.op.matmul(a.expr, b.expr, out_dtype=acc_dtype))
+    za, zb = int(a.qparams.zero_point), int(b.qparams.zero_point)
+    if zb:
+        rows = relax.op.sum(relax.op.astype(a.expr, acc_dtype), axis=[-1], keepdims=True)  # ... x M x 1
+        acc = ctx.emit(relax.op.subtract(acc, relax.op.multiply(rows, int_const(zb, acc_dtype))))
+    if za:
+        cols = relax.op.sum(relax.op.astype(b.expr, acc_dtype), axis=[-2], keepdims=True)  # ... x 1 x N
+        acc = ctx.emit(relax.op.subtract(acc, relax.op.multiply(cols, int_const(za, acc_dtype))))
+    if za and zb:
+        acc = ctx.emit(relax.op.add(acc, int_const(k * za * zb, acc_dtype)))
+    scale = float(a.qparams.scale) * float(b.qparams.scale)
+    y = ctx.emit(relax.op.astype(acc, "float32"))
+    return ctx.emit(relax.op.multiply(y, relax.const(np.float32(scale))), plan.output)
+
+
 class _Dynamic:
     """Run-time quantization of a layer's input (ONNX Runtime's quantize_dynamic, per token): the scale is
     max|x| / 127 over each token's row (or the whole tensor for a conv), computed by the library itself.
@@ -99,6 +145,7 @@ class LinearRule(_Dynamic):
 
     weight_axis = 0
     dynamic_granularity = "tensor"  # run-time scales: one per tensor (a conv), one per token (a matmul)
+    takes_two_activations = False  # a matmul: both operands may be activations (attention)
 
     def channels(self, binding: relax.VarBinding) -> int:
         return int(const_value(binding.value.args[1]).shape[self.weight_axis])
@@ -133,6 +180,8 @@ class LinearRule(_Dynamic):
     def annotate(self, ctx: AnnotateContext, binding: relax.VarBinding) -> OpPlan | None:
         data, weight = binding.value.args[0], binding.value.args[1]
         layer = ctx.layer_of.get(binding.var.name, binding.var.name)
+        if not is_const(weight) and self.takes_two_activations:
+            return annotate_activation_matmul(ctx, binding, layer)
         if not (is_const(weight) and ctx.is_float_tensor(data) and self.supported(binding)):
             ctx.float_layers.append(layer)
             return None
@@ -165,6 +214,8 @@ class LinearRule(_Dynamic):
 
     def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> QTensor | relax.Expr:
         call = binding.value
+        if plan.weight is None:
+            return realize_activation_matmul(ctx, binding, plan)
         if ctx.site_spec(call.args[0]).dynamic:
             return self.realize_dynamic(ctx, binding, plan)
         x = ctx.quantized(call.args[0])
@@ -310,6 +361,7 @@ class Conv2dRule(LinearRule):
 class MatmulRule(LinearRule):
     weight_axis = 1
     dynamic_granularity = "token"
+    takes_two_activations = True
 
     def supported(self, binding: relax.VarBinding) -> bool:
         return const_value(binding.value.args[1]).ndim == 2

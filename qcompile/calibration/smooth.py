@@ -137,8 +137,8 @@ def candidates(mod, plan) -> dict[str, Candidate]:
         for op, name in users:
             rule = OP_RULES.get(op.rule)
             call = calls[op.var]
-            if not isinstance(rule, LinearRule) or name != site or op.inputs[0] != site:
-                break
+            if not isinstance(rule, LinearRule) or name != site or op.inputs[0] != site or op.weight is None:
+                break  # (no weight: an activation x activation matmul, nothing to move the range into)
             weight = const_value(call.args[1])
             if op.rule == "relax.nn.conv2d" and int(call.attrs.groups) != 1:
                 break

@@ -17,21 +17,23 @@ def test_static_int8_embeddings_agree_with_fp32(minilm, minilm_int8):
     m = qcompile.verify(minilm_int8, minilm["model"], minilm["eval"])
     task = m["task"]
     assert task["name"] == "embed" and m["samples"] == 200  # unit-length outputs: embeddings, not logits
-    # measured on 300 sentences: mean 0.998, min 0.991 (0.870 / 0.728 before GELU fusion, float islands,
-    # smoothing and calibrating on real tokens only)
+    # measured on 300 sentences: mean 0.9979, min 0.991 (0.870 / 0.728 before GELU fusion, float islands,
+    # smoothing and calibrating on real tokens only); 0.9982 with the attention matmuls float
     assert task["cosine_mean"] >= 0.995 and task["cosine_min"] >= 0.98, task
     assert abs(task["retrieval_top1_int8"] - task["retrieval_top1_fp32"]) <= 4.0, task  # 1 query = 1 point
     assert task["retrieval_agreement"] >= 90.0 and task["retrieval_top1_fp32"] > 30.0, task
 
 
-def test_projections_and_embeddings_are_integer_and_the_rest_of_the_encoder_is_float(minilm_int8):
+def test_every_matmul_and_embedding_is_integer_and_the_rest_of_the_encoder_is_float(minilm_int8):
     plan = json.loads((minilm_int8 / "plan.json").read_text())
-    # 6 x (Q, K, V, output, FFN up, FFN down) and the word and token-type embedding lookups
-    assert len(plan["quantized_layers"]) == 38
+    # 6 x (Q, K, V, output, FFN up, FFN down, QK^T, attention x V) and the word and token-type lookups
+    assert len(plan["quantized_layers"]) == 50 and not plan["float_layers"]
     assert {"node_embedding", "node_embedding_1"} <= set(plan["quantized_layers"])
-    assert len(plan["float_layers"]) == 12  # 6 x (QK^T, attention x V): activation x activation
-    # LayerNorm, softmax, GELU and the residual adds compute in float; no integer op but the layers
-    assert set(plan["integer_ops"]) == {"relax.matmul", "relax.take"}
+    activation_sites = [name for name, s in plan["sites"].items() if s["dtype"] == "uint8"]
+    assert len(activation_sites) >= 6 * 4  # attention's Q, K^T, probabilities and V among them
+    # LayerNorm, softmax, GELU and the residual adds compute in float; the integers only flow through the
+    # head reshapes/transposes between a projection and an attention matmul (no round trip per op)
+    assert set(plan["integer_ops"]) == {"relax.matmul", "relax.take", "relax.reshape", "relax.permute_dims"}
     sites = json.loads((minilm_int8 / "qparams.json").read_text())["sites"]
     assert sum("divisor" in s for s in sites.values()) >= 6  # outlier channels moved into the weights
     manifest = open_artifact(minilm_int8).manifest
@@ -47,8 +49,10 @@ def test_dynamic_int8_needs_no_calibration_and_agrees_with_fp32(minilm):
     out = _cli_build(minilm["model"], minilm["dir"] / "dynamic", "--activations", "dynamic")
     assert not json.loads((out / "qparams.json").read_text())["sites"], "nothing was calibrated"
     assert open_artifact(out).manifest["quantization"]["activations"]["dynamic"] is True
+    plan = json.loads((out / "plan.json").read_text())
+    assert len(plan["float_layers"]) == 12  # run-time scales for the projections; attention stays float
     task = qcompile.verify(out, minilm["model"], minilm["eval"])["task"]
-    # measured on 300 sentences: mean 0.9966, min 0.987 (onnxruntime quantize_dynamic: 0.966 / 0.936)
+    # measured on 300 sentences: mean 0.9966, min 0.987 (onnxruntime quantize_dynamic: 0.9925 / 0.974)
     assert task["cosine_mean"] >= 0.995 and task["cosine_min"] >= 0.98, task
 
 

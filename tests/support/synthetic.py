@@ -141,3 +141,22 @@ def mlp_tokens_model(path: Path, seq: int = 16, hidden: int = 64, ffn: int = 128
         _init("b2", rng.normal(size=hidden) * 0.1),
     ]
     return _save_float_graph(path, "mlp", nodes, inits, ("input", [1, seq, hidden]), ("out", [1, seq, hidden]))
+
+
+def attention_model(path: Path, seq: int = 16, hidden: int = 32, seed: int = 0) -> Path:
+    """Single-head self-attention on [1, seq, hidden]: softmax(Q K^T / sqrt(d)) V, then an output projection."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("MatMul", ["input", "wq"], ["q"], name="query"),
+        helper.make_node("MatMul", ["input", "wk"], ["k"], name="key"),
+        helper.make_node("MatMul", ["input", "wv"], ["v"], name="value"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="qk"),
+        helper.make_node("Mul", ["scores", "inv_sqrt_d"], ["scaled"], name="scale"),
+        helper.make_node("Softmax", ["scaled"], ["probs"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "v"], ["context"], name="pv"),
+        helper.make_node("MatMul", ["context", "wo"], ["out"], name="output"),
+    ]
+    inits = [_init(n, rng.normal(size=(hidden, hidden)) / np.sqrt(hidden)) for n in ("wq", "wk", "wv", "wo")]
+    inits.append(_init("inv_sqrt_d", np.array(1.0 / np.sqrt(hidden))))
+    return _save_float_graph(path, "attention", nodes, inits, ("input", [1, seq, hidden]), ("out", [1, seq, hidden]))
