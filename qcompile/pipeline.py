@@ -82,14 +82,29 @@ def layer_precisions(canon: Canonical, config: BuildConfig) -> dict[str, str]:
     if config.bits == FLOAT_BITS:
         return dict.fromkeys(names, "fp32")
     resolved = config.precision.resolve(names, default_precision(config.bits))
-    if config.weights == "int4":  # --weights int4: every matmul layer no rule names is weight-only int4
-        matmuls = set(canon.model.layer_names().get("relax.matmul", []))
-        for name in names:
+    weighted = _constant_weight_matmuls(canon)
+    matmuls = set(canon.model.layer_names().get("relax.matmul", []))
+    if config.weights == "int4":  # --weights int4: every matmul layer no rule names is weight-only int4,
+        for name in names:  # and attention's stay float
             if name in matmuls and not config.precision.names(name):
-                resolved[name] = "w4a16"
+                resolved[name] = "w4a16" if name in weighted else "fp32"
+    for name in names:  # a weight-only rule (a glob over a block) leaves matmuls of two activations as they were
+        if resolved[name] in WEIGHT_ONLY and name in matmuls and name not in weighted:
+            resolved[name] = default_precision(config.bits)
     for name in resolve_skips(names, config.skip, config.skip_first, config.skip_last):
         resolved[name] = config.float_precision
     return resolved
+
+
+def _constant_weight_matmuls(canon: Canonical) -> set[str]:
+    """Layers that are matmuls with a constant weight (what a weight-only scheme applies to)."""
+    from qcompile.passes.rewrite import is_const, main_bindings, op_name
+
+    return {
+        canon.layer_of[b.var.name]
+        for b in main_bindings(canon.mod["main"])
+        if b.var.name in canon.layer_of and op_name(b.value) == "relax.matmul" and is_const(b.value.args[1])
+    }
 
 
 def annotate_stage(canon: Canonical, config: BuildConfig, target: TargetSpec) -> QuantPlan:
