@@ -126,18 +126,49 @@ class _Dynamic:
         else:
             y = ctx.emit(relax.op.multiply(y, relax.op.reshape(scale, [1] * out_ndim)))
         w_part = relax.const(channel_shape(w_scale.astype(np.float32), out_ndim, axis), "float32")
-        last = plan.clamp is None and plan.activation is None and plan.bias is None
-        y = ctx.emit(relax.op.multiply(y, w_part), plan.output if last else None)
-        if plan.bias is not None:
-            b = relax.const(channel_shape(bias.astype(np.float32), out_ndim, axis), "float32")
-            y = ctx.emit(relax.op.add(y, b), plan.output if plan.clamp is None and plan.activation is None else None)
-        if plan.clamp is not None:
-            y = ctx.emit(
-                relax.op.clip(y, float(plan.clamp[0]), float(plan.clamp[1])), None if plan.activation else plan.output
-            )
-        if plan.activation is not None:
-            y = apply_activation(ctx.bb, y, plan.activation, plan.output)
-        return y
+        return float_epilogue(ctx, relax.op.multiply(y, w_part), plan, bias, out_ndim, axis)
+
+
+def float_epilogue(
+    ctx: RealizeContext, y: relax.Expr, plan: OpPlan, bias: np.ndarray | None, ndim: int, axis: int
+) -> relax.Expr:
+    """A layer's float result `y` through its fused bias (per channel along `axis`), clamp and float
+    activation; the last op emitted takes the plan's output name."""
+    steps = []
+    if plan.bias is not None and bias is not None:
+        b = relax.const(channel_shape(np.asarray(bias, np.float32), ndim, axis), "float32")
+        steps.append(lambda v: relax.op.add(v, b))
+    if plan.clamp is not None:
+        lo, hi = float(plan.clamp[0]), float(plan.clamp[1])
+        steps.append(lambda v: relax.op.clip(v, lo, hi))
+    if not steps and plan.activation is None:
+        return ctx.emit(y, plan.output)
+    y = ctx.emit(y)
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1 and plan.activation is None
+        y = ctx.emit(step(y), plan.output if last else None)
+    if plan.activation is not None:
+        y = apply_activation(ctx.bb, y, plan.activation, plan.output)
+    return y
+
+
+def layer_plan(
+    binding: relax.VarBinding, rule: str, data: relax.Var, chain, layer: str, weight, float_output
+) -> OpPlan:
+    """The plan of a weight-bearing layer reading `data`, with the bias/clamp/activation chain after it."""
+    return OpPlan(
+        var=binding.var.name,
+        rule=rule,
+        inputs=(data.name,),
+        output=chain.output.name,
+        layer=layer,
+        fused=chain.fused,
+        bias=chain.bias,
+        clamp=chain.clamp,
+        activation=chain.activation,
+        weight=weight,
+        float_output=float_output,
+    )
 
 
 class LinearRule(_Dynamic):
@@ -197,20 +228,7 @@ class LinearRule(_Dynamic):
         else:
             ctx.need_site(data, ctx.layer_act.get(layer))
             ctx.produce(chain.output.name)
-        weight_spec = ctx.weight_spec(layer)
-        return OpPlan(
-            var=binding.var.name,
-            rule=op_name(binding.value),
-            inputs=(data.name,),
-            output=chain.output.name,
-            layer=layer,
-            fused=chain.fused,
-            bias=chain.bias,
-            clamp=chain.clamp,
-            activation=chain.activation,
-            weight=weight_spec,
-            float_output=act.dynamic,
-        )
+        return layer_plan(binding, op_name(binding.value), data, chain, layer, ctx.weight_spec(layer), act.dynamic)
 
     def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> QTensor | relax.Expr:
         call = binding.value

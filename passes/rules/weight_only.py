@@ -19,9 +19,9 @@ from qcompile.errors import InputError
 from qcompile.passes.plan import OpPlan
 from qcompile.passes.rewrite import const_value, is_const
 from qcompile.passes.rules.base import AnnotateContext, RealizeContext, op_rule, rule_key
-from qcompile.passes.rules.chain import apply_activation, follow_chain
-from qcompile.passes.rules.emit import channel_shape, int_const
-from qcompile.passes.rules.linear import MatmulRule
+from qcompile.passes.rules.chain import follow_chain
+from qcompile.passes.rules.emit import int_const
+from qcompile.passes.rules.linear import MatmulRule, float_epilogue, layer_plan
 from qcompile.passes.scheme import QuantSpec
 
 SCHEME = "weight-only"
@@ -96,19 +96,7 @@ class WeightOnlyMatmulRule(MatmulRule):
         if spec.bits == 4 and k % 2:
             raise InputError(f"layer {layer!r} has an odd number of input channels ({k}): int4 packs them in pairs")
         chain = follow_chain(ctx, binding.var, bias_ok=lambda a: a.size in (1, n), float_activation=True)
-        return OpPlan(
-            var=binding.var.name,
-            rule=rule_key("relax.matmul", SCHEME),
-            inputs=(data.name,),
-            output=chain.output.name,
-            layer=layer,
-            fused=chain.fused,
-            bias=chain.bias,
-            clamp=chain.clamp,
-            activation=chain.activation,
-            weight=spec,
-            float_output=True,
-        )
+        return layer_plan(binding, rule_key("relax.matmul", SCHEME), data, chain, layer, spec, True)
 
     def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> relax.Expr:
         call = binding.value
@@ -126,21 +114,11 @@ class WeightOnlyMatmulRule(MatmulRule):
         else:
             centred = np.clip(np.round(weight / per_weight), lo, hi)
         w = self._dequantized(ctx, centred + zero, scales, zeros, spec)
-        done = plan.bias is None and plan.clamp is None and plan.activation is None
-        y = ctx.emit(relax.op.matmul(x, w), plan.output if done else None)
-        ndim = len(call.ty.shape)
+        bias = None
         if plan.bias is not None:
-            bias = const_value(ctx.binding(plan.bias).value.args[1]).reshape(-1).astype(np.float32)
-            bias = np.broadcast_to(bias, (n,))
-            last = plan.clamp is None and plan.activation is None
-            y = ctx.emit(
-                relax.op.add(y, relax.const(channel_shape(bias, ndim, ndim - 1))), plan.output if last else None
-            )
-        if plan.clamp is not None:
-            y = ctx.emit(relax.op.clip(y, *plan.clamp), None if plan.activation else plan.output)
-        if plan.activation is not None:
-            y = apply_activation(ctx.bb, y, plan.activation, plan.output)
-        return y
+            bias = np.broadcast_to(const_value(ctx.binding(plan.bias).value.args[1]).reshape(-1), (n,))
+        ndim = len(call.ty.shape)
+        return float_epilogue(ctx, relax.op.matmul(x, w), plan, bias, ndim, ndim - 1)
 
     def _dequantized(
         self, ctx: RealizeContext, q: np.ndarray, scales: np.ndarray, zeros: np.ndarray, spec: QuantSpec
