@@ -105,6 +105,13 @@ class _Engine:
         self.proc.stdin.flush()
         return self.reply()
 
+    def wait_ready(self) -> None:
+        """Until the engine is loaded and warm (its "[]"), once; asking it for a block instead would leave
+        that block's reply unread."""
+        if not getattr(self, "ready", False):
+            self.reply()
+            self.ready = True
+
     def reply(self) -> list[float]:
         """The next line the engine prints: its "[]" once loaded and warm, then each block's times."""
         assert self.proc.stdout is not None
@@ -139,6 +146,36 @@ def _worker(kind: str, path: str, threads: str, inputs: str) -> int:
     return 0
 
 
+BUSY_LIMIT_S = 900  # a background process never outlives this, even if the benchmark is killed
+
+
+class Background:
+    """`count` busy processes (a pure spin loop each, one core's worth of load) for as long as the
+    context is open, each ending itself after BUSY_LIMIT_S or when this process is gone: the device's
+    other work, reproducibly."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Background:
+        spin = (  # ends with its parent too (a killed benchmark leaves no load behind), checked every 0.1 s
+            "import os, time\n"
+            f"parent, end = os.getppid(), time.monotonic() + {BUSY_LIMIT_S}\n"
+            "while time.monotonic() < end and os.getppid() == parent:\n"
+            "    stop = time.monotonic() + 0.1\n"
+            "    while time.monotonic() < stop: pass\n"
+        )
+        self.procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(self.count)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.wait()
+
+
 def measure(engines: dict[str, _Engine], rounds: int, per_round: int) -> list[Row]:
     """Interleaved rounds: engine A's block, engine B's block, ..., repeated; the first run of each
     block is dropped (an engine waking from idle). Before each block the machine idles IDLE_S: the
@@ -147,7 +184,7 @@ def measure(engines: dict[str, _Engine], rounds: int, per_round: int) -> list[Ro
     next engine runs on."""
     rows = {name: Row(name, []) for name in engines}
     for engine in engines.values():
-        engine.reply()  # wait until loaded and warm (asking for a block here would leave its reply unread)
+        engine.wait_ready()
     for r in range(rounds):
         for name, engine in engines.items():
             time.sleep(IDLE_S)
@@ -215,10 +252,13 @@ def bench(
     threads: int | None = None,
     rounds: int = 5,
     per_round: int = 20,
+    background: int = 0,
 ) -> dict:
     """Latency table of the artifacts (labelled by their manifest's bits: int8 / fp32) and, with
     `model`, onnxruntime fp32 on it and, with `ort_int8` / `ort_dynamic`, onnxruntime on those
-    quantized models (quantize_static QDQ / quantize_dynamic)."""
+    quantized models (quantize_static QDQ / quantize_dynamic). With `background` N, every engine is
+    measured twice: on the idle machine, then with N busy processes running (`Background`); the rows
+    then carry `loaded_median_ms` and `slowdown` (loaded / idle median)."""
     from qcompile.runtime import open_artifact
 
     threads = threads or os.cpu_count() or 1
@@ -249,14 +289,19 @@ def bench(
         engines = {name: _Engine(kind, path, threads, feeds) for name, (kind, path) in specs.items()}
         try:
             rows = measure(engines, rounds, per_round)
+            loaded = None
+            if background > 0:
+                with Background(background):
+                    loaded = measure(engines, rounds, per_round)
         finally:
             for engine in engines.values():
                 engine.close()
     base = rows[0].median
-    return {
+    out = {
         "threads": threads,
         "batch": int(first.inputs[0].shape[0]) if first.inputs[0].shape else 1,
         "samples_per_engine": rounds * per_round,
+        "background": background,
         "rows": [
             {
                 "engine": r.name,
@@ -267,6 +312,12 @@ def bench(
             for r in rows
         ],
     }
+    if loaded is not None:
+        for row, busy in zip(out["rows"], loaded):
+            row["loaded_median_ms"] = round(busy.median, 4)
+            row["loaded_p10_ms"] = round(busy.p10, 4)
+            row["slowdown"] = round(busy.median / max(row["median_ms"], 1e-9), 3)
+    return out
 
 
 def format_table(result: dict) -> str:
@@ -280,6 +331,14 @@ def format_table(result: dict) -> str:
         lines.append(
             f"  {r['engine']:<{width}} {r['median_ms']:>10.3f} {r['p10_ms']:>9.3f}  x{r['ratio_to_first']:>7.2f}"
         )
+    if result.get("background"):
+        lines.append(f"with {result['background']} busy background processes (same engines, same rounds):")
+        lines.append(f"  {'engine':<{width}} {'median ms':>10} {'p10 ms':>9}  {'slowdown':>8}")
+        for r in result["rows"]:
+            lines.append(
+                f"  {r['engine']:<{width}} {r['loaded_median_ms']:>10.3f} {r['loaded_p10_ms']:>9.3f}  "
+                f"x{r['slowdown']:>7.2f}"
+            )
     return "\n".join(lines)
 
 

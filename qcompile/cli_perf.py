@@ -80,6 +80,14 @@ def add_parsers(sub) -> None:
     b.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every engine")
     b.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     b.add_argument("--per-round", type=int, default=20, help="runs per engine per round (default 20)")
+    b.add_argument(
+        "--background",
+        type=int,
+        default=0,
+        metavar="N",
+        help="measure again with N busy processes of its own running (each a spin loop, ended with the "
+        "measurement and after 15 minutes at most) and report each engine's slowdown under that load",
+    )
     b.add_argument("--json", metavar="FILE", help="also write the table as JSON")
 
 
@@ -140,6 +148,8 @@ def db_info(args: argparse.Namespace) -> int:
 def bench(args: argparse.Namespace) -> int:
     if args.threads <= 0 or args.rounds <= 0 or args.per_round <= 0:
         raise InputError("--threads, --rounds and --per-round must be positive")
+    if args.background < 0 or args.background > 64:
+        raise InputError(f"--background {args.background}: give 0 to 64 busy processes")
     if (args.vs_onnxruntime or args.ort_int8_calib or args.ort_int8_dynamic) and not args.model:
         raise InputError(
             "--vs-onnxruntime, --ort-int8-calib and --ort-int8-dynamic need --model (the float ONNX model)"
@@ -177,6 +187,7 @@ def bench(args: argparse.Namespace) -> int:
             threads=args.threads,
             rounds=args.rounds,
             per_round=args.per_round,
+            background=args.background,
         )
     print(format_table(result))
     if args.json:

@@ -45,3 +45,25 @@ def test_fp32_library_matches_onnxruntime_and_bench_prints_every_engine(fashion,
 def test_bench_needs_the_model_for_onnxruntime(tmp_path, capsys):
     assert main(["bench", str(tmp_path), "--vs-onnxruntime"]) == 2
     assert "need --model" in capsys.readouterr().err
+
+
+def test_background_load_measures_every_engine_again_and_ends_its_processes(fashion, fashion_int8, tmp_path, capsys):
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    out = tmp_path / "loaded.json"
+    args = ["bench", str(fashion_int8), "--model", str(fashion["model"]), "--vs-onnxruntime", "--threads", "2"]
+    assert main([*args, "--rounds", "2", "--per-round", "3", "--background", "2", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["background"] == 2 and len(doc["rows"]) == 2
+    for row in doc["rows"]:
+        assert row["loaded_median_ms"] > 0
+        assert abs(row["slowdown"] - row["loaded_median_ms"] / row["median_ms"]) < 2e-3
+    assert "with 2 busy background processes" in capsys.readouterr().out
+    left = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    assert not left, f"background processes outlived the benchmark: {left}"
+
+
+def test_background_count_is_checked(tmp_path, capsys):
+    assert main(["bench", str(tmp_path), "--background", "-1"]) == 2
+    assert "--background -1" in capsys.readouterr().err
