@@ -134,6 +134,8 @@ def measure(name: str, spec: dict, work: Path, args) -> dict:
         threads=args.threads,
         rounds=args.rounds,
         per_round=args.per_round,
+        background=args.background,
+        pool=args.thread_pool,
     )
     rows = result["rows"]  # the artifacts in order, then onnxruntime fp32, then onnxruntime int8
     labels = [*builds, "onnxruntime fp32", f"onnxruntime int8 ({ort_label})"]
@@ -142,6 +144,9 @@ def measure(name: str, spec: dict, work: Path, args) -> dict:
         by[label]["kernels_tuned"] = f"{done}/{total}"
     med = {k: v["median_ms"] for k, v in by.items()}
     ort8 = labels[-1]
+    if args.background:
+        for label, r in zip(labels, rows):
+            by[label]["loaded_median_ms"], by[label]["slowdown"] = r["loaded_median_ms"], r["slowdown"]
     return {
         "model": name,
         "engines": by,
@@ -154,11 +159,14 @@ def measure(name: str, spec: dict, work: Path, args) -> dict:
 
 
 def markdown(results: list[dict], machine: dict, args) -> str:
+    from qcompile.threads import resolve as resolve_pool
+
     lines = [
         f"# bench_models: {datetime.date.today().isoformat()}",
         "",
         f"CPU: {machine['model']}, {machine['cores']} cores, flags {' '.join(machine['flags'])}; target "
-        f"{args.target}, {args.threads} threads, {args.rounds} rounds x {args.per_round} runs, batch 1. "
+        f"{args.target}, {args.threads} threads ({resolve_pool(args.thread_pool)} thread pool), {args.rounds} rounds "
+        f"x {args.per_round} runs, batch 1. "
         "Median ms (p10).",
         "",
         "| model | qcompile int8 untuned | qcompile int8 tuned | qcompile fp32 tuned | onnxruntime fp32 | "
@@ -173,6 +181,20 @@ def markdown(results: list[dict], machine: dict, args) -> str:
             cells.append(f"{e['median_ms']:.3f} ({e['p10_ms']:.3f}){note}{kind}")
         ratios = [f"x{v:.2f}" for v in r["ratios"].values()]
         lines.append(f"| {r['model']} | " + " | ".join(cells + ratios) + " |")
+    if args.background:
+        lines += [
+            "",
+            f"Under {args.background} busy background processes (same engines, same rounds): median ms and "
+            "slowdown against the idle median.",
+            "",
+            "| model | " + " | ".join(results[0]["engines"]) + " | tuned int8 slowdown / ORT fp32 slowdown |",
+            "| --- |" + " --- |" * (len(results[0]["engines"]) + 1),
+        ]
+        for r in results:
+            e = r["engines"]
+            cells = [f"{v['loaded_median_ms']:.3f} (x{v['slowdown']:.2f})" for v in e.values()]
+            rel = e["int8 tuned"]["slowdown"] / e["onnxruntime fp32"]["slowdown"]
+            lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | x{rel:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -184,6 +206,8 @@ def main() -> None:
     parser.add_argument("--tuning-db", default=str(ROOT / "examples" / "tuning_db"), help="'none' for defaults only")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=20)
+    parser.add_argument("--background", type=int, default=0, help="also measure under N busy processes")
+    parser.add_argument("--thread-pool", choices=["shared", "dedicated"], help="qcompile runtime pool (default shared)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="folder for the .md/.json")
     args = parser.parse_args()
     names = [m.strip() for m in args.models.split(",") if m.strip()]

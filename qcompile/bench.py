@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from qcompile.errors import InputError
+from qcompile.threads import apply as apply_pool
+from qcompile.threads import resolve as resolve_pool
 
 IDLE_S = 0.5
 
@@ -94,8 +96,8 @@ class _Engine:
     no engine shares a thread pool, an allocator or CPU affinity with another. It times its own calls,
     and runs only while every other engine is idle (blocked reading its pipe)."""
 
-    def __init__(self, kind: str, path: Path, threads: int, inputs: Path) -> None:
-        env = dict(os.environ, TVM_NUM_THREADS=str(threads), QCOMPILE_NO_PROGRESS="1")
+    def __init__(self, kind: str, path: Path, threads: int, inputs: Path, pool: str | None = None) -> None:
+        env = apply_pool(dict(os.environ, QCOMPILE_NO_PROGRESS="1"), pool, threads)
         cmd = [sys.executable, "-m", "qcompile.bench", kind, str(path), str(threads), str(inputs)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
@@ -253,12 +255,14 @@ def bench(
     rounds: int = 5,
     per_round: int = 20,
     background: int = 0,
+    pool: str | None = None,
 ) -> dict:
     """Latency table of the artifacts (labelled by their manifest's bits: int8 / fp32) and, with
     `model`, onnxruntime fp32 on it and, with `ort_int8` / `ort_dynamic`, onnxruntime on those
     quantized models (quantize_static QDQ / quantize_dynamic). With `background` N, every engine is
     measured twice: on the idle machine, then with N busy processes running (`Background`); the rows
-    then carry `loaded_median_ms` and `slowdown` (loaded / idle median)."""
+    then carry `loaded_median_ms` and `slowdown` (loaded / idle median). `pool`: the artifacts' thread
+    pool (qcompile.threads; default $QCOMPILE_THREAD_POOL, else shared)."""
     from qcompile.runtime import open_artifact
 
     threads = threads or os.cpu_count() or 1
@@ -286,7 +290,7 @@ def bench(
         feeds = Path(tmp) / "inputs.npz"
         arrays = {f"{i}/{k}": v for i, feed in enumerate(inputs) for k, v in feed.items()}
         np.savez(feeds, __count__=np.array(len(inputs)), **arrays)
-        engines = {name: _Engine(kind, path, threads, feeds) for name, (kind, path) in specs.items()}
+        engines = {name: _Engine(kind, path, threads, feeds, pool) for name, (kind, path) in specs.items()}
         try:
             rows = measure(engines, rounds, per_round)
             loaded = None
@@ -302,6 +306,7 @@ def bench(
         "batch": int(first.inputs[0].shape[0]) if first.inputs[0].shape else 1,
         "samples_per_engine": rounds * per_round,
         "background": background,
+        "thread_pool": resolve_pool(pool),
         "rows": [
             {
                 "engine": r.name,
@@ -323,8 +328,8 @@ def bench(
 def format_table(result: dict) -> str:
     width = max([40] + [len(r["engine"]) for r in result["rows"]])
     lines = [
-        f"batch {result['batch']}, {result['threads']} threads, {result['samples_per_engine']} runs per engine "
-        "(interleaved rounds)",
+        f"batch {result['batch']}, {result['threads']} threads ({result['thread_pool']} thread pool), "
+        f"{result['samples_per_engine']} runs per engine (interleaved rounds)",
         f"  {'engine':<{width}} {'median ms':>10} {'p10 ms':>9}  {'vs first':>8}",
     ]
     for r in result["rows"]:

@@ -13,11 +13,12 @@ import threading
 from pathlib import Path
 
 from qcompile import __version__
-from qcompile.cli_options import add_model_options, config_from_args
+from qcompile.cli_options import add_model_options, add_thread_pool_option, config_from_args
 from qcompile.cli_perf import COMMANDS as PERF_COMMANDS
 from qcompile.cli_perf import add_parsers as add_perf_parsers
 from qcompile.config import STAGES
 from qcompile.errors import InputError, QCompileError, VerificationFailed
+from qcompile.threads import configured as threads_configured
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="POINTS",
         help="exit 1 when top-1 accuracy (or agreement, without labels) drops more than POINTS",
     )
+    add_thread_pool_option(v)
     v.add_argument("--per-layer", action="store_true", help="add a per-layer SQNR table (which layer broke it?)")
     v.add_argument("--max-samples", type=int, help="evaluate at most this many samples")
     v.add_argument(
@@ -113,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("artifact", help="artifact directory")
     r.add_argument("--input", required=True, help=".npz with one array per model input")
     r.add_argument("-o", "--output", required=True, help=".npz to write, one array per model output")
+    add_thread_pool_option(r)
 
     k = sub.add_parser(
         "package",
@@ -363,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             previous[sig] = signal.signal(sig, _terminate)
     try:
-        return COMMANDS[args.command](args)
+        with threads_configured(getattr(args, "thread_pool", None)):  # before TVM's pool first starts
+            return COMMANDS[args.command](args)
     except QCompileError as exc:
         print(f"qcompile: error: {one_line(str(exc))}", file=sys.stderr)
         return 2

@@ -1,10 +1,13 @@
-"""Options shared by the commands that take a model through the pipeline (build, tune)."""
+"""Options shared by several commands: the model pipeline's (build, tune), the runtime thread pool's
+(run, verify, bench)."""
 
 from __future__ import annotations
 
 import argparse
 
 from qcompile.config import DEFAULT_METHOD, WEIGHT_ROUNDINGS
+from qcompile.threads import ENV as THREAD_POOL_ENV
+from qcompile.threads import POOLS
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -152,4 +155,15 @@ def config_from_args(args: argparse.Namespace):
         group_size=args.group_size,
         float_dtype="float16" if args.fp16 else "float32",
         precision=precision,
+    )
+
+
+def add_thread_pool_option(p) -> None:
+    p.add_argument(
+        "--thread-pool",
+        choices=sorted(POOLS),
+        help="how the TVM runtime's worker threads wait between kernels: shared (default; they sleep and "
+        "are not pinned to cores, so other busy processes cost about what they cost onnxruntime) or "
+        "dedicated (they spin and are pinned: a few percent faster on an otherwise idle device, many times "
+        f"slower when other processes compete for the cores); also ${THREAD_POOL_ENV}",
     )

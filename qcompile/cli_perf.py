@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from qcompile.cli_options import add_model_options, config_from_args
+from qcompile.cli_options import add_model_options, add_thread_pool_option, config_from_args
 from qcompile.errors import InputError
 
 
@@ -88,6 +88,7 @@ def add_parsers(sub) -> None:
         help="measure again with N busy processes of its own running (each a spin loop, ended with the "
         "measurement and after 15 minutes at most) and report each engine's slowdown under that load",
     )
+    add_thread_pool_option(b)
     b.add_argument("--json", metavar="FILE", help="also write the table as JSON")
 
 
@@ -188,6 +189,7 @@ def bench(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             per_round=args.per_round,
             background=args.background,
+            pool=args.thread_pool,
         )
     print(format_table(result))
     if args.json:

@@ -14,6 +14,7 @@ from qcompile.artifact import artifact_bytes, sha256_file
 from qcompile.errors import InputError
 from qcompile.manifest import load_json_file, member, read_manifest
 from qcompile.model import TensorSpec
+from qcompile.threads import configure as configure_threads
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Runner:
             )
         self.artifact = artifact
         self._tvm = tvm
+        configure_threads()  # the shared pool unless chosen otherwise (qcompile.threads), before the first call
         # dlopen returns the already-loaded handle for a path it has seen, so a rebuilt artifact at the
         # same path would silently run the old code in this process: load a private copy instead.
         self._copy = tempfile.TemporaryDirectory(prefix="qcompile-lib-")

@@ -5,6 +5,7 @@
 Same contract as ./qcompile-run: inputs in manifest.json order, output i written to OUT_DIR/output_i.npy."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,17 @@ import tvm
 from tvm.runtime.vm import VirtualMachine
 
 
+def configure_thread_pool():
+    """qcompile's shared pool (qcompile/threads.py): workers sleep between kernels and are not pinned, so
+    other busy processes cost about what they cost onnxruntime. QCOMPILE_THREAD_POOL=dedicated keeps
+    TVM's spinning, pinned pool; TVM_* variables already set win."""
+    if os.environ.get("QCOMPILE_THREAD_POOL") != "dedicated":
+        os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+        os.environ.setdefault("TVM_BIND_THREADS", "0")
+
+
 def main(argv):
+    configure_thread_pool()  # before the first kernel starts TVM's pool
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2

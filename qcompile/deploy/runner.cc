@@ -193,9 +193,20 @@ int Run(int argc, char** argv) {
   return 0;
 }
 
+// The thread pool qcompile's Python runtime uses (qcompile/threads.py): workers sleep between kernels
+// and are not pinned, so other busy processes on the device cost about what they cost onnxruntime.
+// QCOMPILE_THREAD_POOL=dedicated keeps TVM's spinning, pinned pool; TVM_* variables already set win.
+void ConfigureThreadPool() {
+  const char* pool = std::getenv("QCOMPILE_THREAD_POOL");
+  if (pool != nullptr && std::string(pool) == "dedicated") return;
+  setenv("TVM_THREAD_POOL_SPIN_COUNT", "0", 0);
+  setenv("TVM_BIND_THREADS", "0", 0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  ConfigureThreadPool();  // before the runtime starts its pool (the first parallel kernel)
   try {
     return Run(argc, argv);
   } catch (const BadInput& e) {
