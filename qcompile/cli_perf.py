@@ -89,7 +89,14 @@ def add_parsers(sub) -> None:
         "measurement and after 15 minutes at most) and report each engine's slowdown under that load",
     )
     add_thread_pool_option(b)
-    b.add_argument("--json", metavar="FILE", help="also write the table as JSON")
+    b.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the side-by-side table: where each artifact's time goes, per kernel (each timed on its "
+        "own with the recorded shapes, times its calls; share of the model's time; how it was scheduled), and "
+        "what the VM itself takes beyond the kernels",
+    )
+    b.add_argument("--json", metavar="FILE", help="also write the table (or the profile) as JSON")
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -169,6 +176,8 @@ def bench(args: argparse.Namespace) -> int:
         first = open_artifact(artifacts[0])
         data = load_data(args.data, first.inputs, "bench", fixed=first.fixed_inputs)
         inputs = list(data.batches(16))
+    if args.profile:
+        return profile(artifacts, inputs, args)
     with tempfile.TemporaryDirectory(prefix="qcompile-bench-") as tmp:
         ort_int8 = None
         if args.ort_int8_calib:
@@ -194,6 +203,26 @@ def bench(args: argparse.Namespace) -> int:
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def profile(artifacts: list[Path], inputs: list[dict] | None, args: argparse.Namespace) -> int:
+    from qcompile.bench import default_inputs
+    from qcompile.profile import format_profile
+    from qcompile.profile import profile as run_profile
+    from qcompile.runtime import open_artifact
+    from qcompile.threads import configure
+
+    configure(args.thread_pool, args.threads)  # before the first kernel starts TVM's pool
+    results = {}
+    for path in artifacts:
+        art = open_artifact(path)
+        feed = (inputs or default_inputs(art.manifest["inputs"], count=1))[0]
+        results[str(path)] = run_profile(art, feed, runs=args.per_round)
+        print(f"{path} ({args.threads} threads):")
+        print(format_profile(results[str(path)]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

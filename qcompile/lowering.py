@@ -31,7 +31,11 @@ ScheduleHook = Callable[[tvm.IRModule], tvm.IRModule]
 
 def lower(mod: tvm.IRModule, target: tvm.target.Target, kernels: CpuKernelSpec | None) -> tvm.IRModule:
     """Layout, pack, legalize and fuse. The PrimFuncs of the result are the tuning tasks."""
+    legalize = None
     if kernels is not None:
+        from qcompile.kernels.fastmath import LEGALIZE
+
+        legalize = LEGALIZE  # vectorizable exp / erf / tanh instead of scalar libm calls
         from qcompile.kernels.intrinsics import lookup
         from qcompile.passes.layout import ChannelsLast
         from qcompile.passes.pack_kernels import PackKernels
@@ -42,7 +46,7 @@ def lower(mod: tvm.IRModule, target: tvm.target.Target, kernels: CpuKernelSpec |
     with target:
         return tvm.transform.Sequential(
             [
-                relax.transform.LegalizeOps(),
+                relax.transform.LegalizeOps(customize_legalize_map=legalize),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FuseOps(),
                 relax.transform.FuseTIR(),
@@ -111,9 +115,11 @@ def compile_module(
     target: tvm.target.Target,
     kernels: CpuKernelSpec | None = None,
     apply_records: ScheduleHook | None = None,
+    inventory: list | None = None,
 ) -> relax.Executable:
     """Lower, schedule (tuning records first, then defaults), then build with tvm.compile (always handed a
-    Target, never a dict)."""
+    Target, never a dict). `inventory`: a list to extend with the scheduled module's kernel table
+    (qcompile.profile.kernel_table, without the tuned marks the caller knows)."""
     lowered = lower(mod, target, kernels)
     if apply_records is not None:
         lowered = apply_records(lowered)
@@ -123,5 +129,9 @@ def compile_module(
         lowered = apply_default_schedules(lowered, kernels)
     elif target.kind.name == "cuda":
         lowered = gpu_default_schedules(lowered, target)
+    if inventory is not None:
+        from qcompile.profile import kernel_table
+
+        inventory.extend(kernel_table(lowered, set()))
     with tvm.transform.PassContext(opt_level=3, config=BUILD_CONFIG):
         return tvm.compile(lowered, target=target)

@@ -28,6 +28,7 @@ from qcompile.passes.plan import QParams, QuantPlan
 from qcompile.passes.realize import Calibration, RealizeIntegerOps
 from qcompile.passes.scheme import DYNAMIC_INT8, WEIGHT_INT8, weight_int4
 from qcompile.precision import FLOAT_PRECISIONS, WEIGHT_ONLY, PrecisionSpec, default_precision
+from qcompile.profile import KERNELS_FILE
 from qcompile.targets import TARGETS, TargetSpec
 
 
@@ -274,8 +275,13 @@ def compile_stage(
         from qcompile.lowering import to_float16
 
         mod = to_float16(mod)
-    executable = compile_module(mod, target.tvm(), target.kernels, apply_records=checked)
+    inventory: list[dict] = []
+    executable = compile_module(mod, target.tvm(), target.kernels, apply_records=checked, inventory=inventory)
     schedules = {"tuned": sorted(applied.tuned), "default": sorted(applied.untuned)}
+    for site in inventory:
+        if site["kernel"] in applied.tuned:
+            site["schedule"] = "tuned"
+    schedules["inventory"] = inventory
     if target.extra.get("gpu") == "cuda":
         from qcompile.deploy.toolchain import nvcc
         from qcompile.lowering import check_cuda_kernels
@@ -396,7 +402,7 @@ def compile_and_write(
         qparams=result.qparams,
         timings=result.timings,
         schedules=schedules,
-        extra_json=extra_json,
+        extra_json={**(extra_json or {}), KERNELS_FILE: {"kernels": schedules.pop("inventory")}},
         rounding=_used_offsets(result),
         integer_weights=weight_storage(canon, result.plan),
     )

@@ -101,7 +101,8 @@ class Runner:
         self._copy = tempfile.TemporaryDirectory(prefix="qcompile-lib-")
         private = Path(self._copy.name) / artifact.library.name
         shutil.copyfile(artifact.library, private)
-        self.vm = VirtualMachine(tvm.runtime.load_module(str(private)), tvm.cpu())
+        self.module = tvm.runtime.load_module(str(private))
+        self.vm = VirtualMachine(self.module, tvm.cpu())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         tvm = self._tvm

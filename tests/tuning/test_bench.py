@@ -67,3 +67,43 @@ def test_background_load_measures_every_engine_again_and_ends_its_processes(fash
 def test_background_count_is_checked(tmp_path, capsys):
     assert main(["bench", str(tmp_path), "--background", "-1"]) == 2
     assert "--background -1" in capsys.readouterr().err
+
+
+def test_profile_times_every_kernel_the_library_calls(fashion_int8, tmp_path, capsys):
+    import re
+
+    import tvm
+
+    art = open_artifact(fashion_int8)
+    table = art.read_json("kernels.json")["kernels"]
+    program = tvm.relax.VMExecutable(tvm.runtime.load_module(str(art.library))).as_text()
+    called = {m for m in re.findall(r"call\s+(\S+)", program) if not m.startswith("vm.builtin.")}
+    assert {k["kernel"] for k in table} == called  # the inventory is what main really calls
+    assert sum(k["calls"] for k in table) == len([m for m in re.findall(r"call\s+(\S+)", program) if m in called])
+    assert {k["schedule"] for k in table} <= {"tuned", "default", "plain"}
+
+    out = tmp_path / "profile.json"
+    assert main(["bench", str(fashion_int8), "--profile", "--threads", "2", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())[str(fashion_int8)]
+    assert {r["kernel"] for r in doc["kernels"]} == called and not doc["not_timed"]
+    assert all(
+        r["per_call_ms"] > 0 and abs(r["total_ms"] - r["per_call_ms"] * r["calls"]) < 1e-9 for r in doc["kernels"]
+    )
+    totals = [r["total_ms"] for r in doc["kernels"]]
+    assert totals == sorted(totals, reverse=True) and doc["model_ms"] > 0
+    convs = [r for r in doc["kernels"] if "conv2d" in r["kernel"]]
+    assert convs and all(r["schedule"] == "default" for r in convs)  # the shared build has no tuning database
+    assert "outside them: the VM's own work" in capsys.readouterr().out
+
+
+def test_profile_of_an_artifact_without_kernel_table_says_rebuild(fashion_int8, tmp_path, capsys):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(fashion_int8, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["files"]["kernels.json"]
+    (old / "kernels.json").unlink()
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["bench", str(old), "--profile"]) == 2
+    assert "rebuild it to profile" in capsys.readouterr().err

@@ -1,0 +1,126 @@
+"""Where a compiled library's time goes: per kernel, from the library itself.
+
+The build records every kernel `main` calls (kernels.json: name, calls, argument shapes and dtypes,
+how it was scheduled). `qcompile bench --profile` loads the artifact's library, times each kernel on
+its own with TVM's time evaluator (arguments of the recorded shapes, zero-filled: the kernels are
+dense, so their time does not depend on the values), and multiplies by the calls. What the whole
+model takes beyond the sum of its kernels is the VM's own work (allocations, argument checks, the calls
+themselves) and what kernels lose in the real sequence (colder caches than when timed alone). This TVM
+wheel's Relax VM has no profiling mode of its own."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import tvm
+from tvm import relax
+
+KERNELS_FILE = "kernels.json"
+
+
+def kernel_table(lowered: tvm.IRModule, tuned: set[str]) -> list[dict]:
+    """Each PrimFunc `main` calls through call_tir: calls, the shapes of its arguments (inputs then
+    outputs; None when symbolic), and its schedule (tuned / default / plain: no template fit)."""
+    from qcompile.kernels.templates import SCHEDULED
+
+    sites: dict[str, dict] = {}
+
+    def shape_of(ty):
+        if not isinstance(ty, relax.TensorType) or ty.shape is None:
+            return None
+        dims = getattr(ty.shape, "values", None)
+        if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+            return None
+        return {"shape": [int(d) for d in dims], "dtype": str(ty.dtype)}
+
+    def visit(expr) -> None:
+        if not (isinstance(expr, relax.Call) and expr.op.same_as(tvm.ir.Op.get("relax.call_tir"))):
+            return
+        name = expr.args[0].name_hint
+        if name in sites:
+            sites[name]["calls"] += 1
+            return
+        outs = expr.ty_args[0]
+        outs = list(outs.fields) if isinstance(outs, relax.TupleType) else [outs]
+        args = [shape_of(a.ty) for a in expr.args[1].fields] + [shape_of(o) for o in outs]
+        symbolic = len(expr.args) > 2 or any(a is None for a in args)
+        sites[name] = {"kernel": name, "calls": 1, "args": None if symbolic else args}
+
+    relax.analysis.post_order_visit(lowered["main"], visit)
+    for name, site in sites.items():
+        func = lowered[name]
+        scheduled = func.attrs is not None and SCHEDULED in func.attrs
+        site["schedule"] = "tuned" if name in tuned else ("default" if scheduled else "plain")
+    return sorted(sites.values(), key=lambda s: s["kernel"])
+
+
+def model_time_ms(runner, feed: dict, runs: int) -> float:
+    for _ in range(2):
+        runner(feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        runner(feed)
+        times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times)
+
+
+def profile(artifact, feed: dict, runs: int = 20) -> dict:
+    """Per-kernel times of `artifact` (a runtime.Artifact built with kernels.json), heaviest first,
+    with the model's own median time on `feed` beside their sum."""
+    from qcompile.errors import InputError
+    from qcompile.runtime import Runner
+
+    if KERNELS_FILE not in artifact.manifest["files"]:
+        raise InputError(f"{artifact.path} has no {KERNELS_FILE} (built by an older qcompile): rebuild it to profile")
+    table = artifact.read_json(KERNELS_FILE)["kernels"]
+    runner = Runner(artifact)  # loads a private copy of the library and starts the thread pool
+    library = runner.module.imports[0]  # the kernels; the VM executable imports them
+    dev = tvm.cpu()
+    rows, skipped = [], []
+    for site in table:
+        if site["args"] is None:
+            skipped.append(site["kernel"])
+            continue
+        args = [tvm.runtime.tensor(np.zeros(a["shape"], a["dtype"]), dev) for a in site["args"]]
+        timer = library.time_evaluator(site["kernel"], dev, number=max(1, runs // 2), repeat=3, min_repeat_ms=20)
+        per_call = 1e3 * timer(*args).median
+        rows.append({**site, "per_call_ms": per_call, "total_ms": per_call * site["calls"]})
+    rows.sort(key=lambda r: -r["total_ms"])
+    kernels_ms = sum(r["total_ms"] for r in rows)
+    model_ms = model_time_ms(runner, feed, runs)
+    for r in rows:
+        r["share"] = r["total_ms"] / model_ms if model_ms else 0.0
+        del r["args"]
+    return {
+        "model_ms": model_ms,
+        "kernels_ms": kernels_ms,
+        "outside_kernels_ms": model_ms - kernels_ms,
+        "kernels": rows,
+        "not_timed": skipped,
+    }
+
+
+def format_profile(result: dict, top: int = 25) -> str:
+    lines = [
+        f"model {result['model_ms']:.3f} ms; its kernels timed one by one add up to {result['kernels_ms']:.3f} ms "
+        f"({len(result['kernels'])} kernels); the rest ({result['outside_kernels_ms']:+.3f} ms) is outside them: the "
+        "VM's own work (allocations, calls) and what a kernel loses in the model's sequence (colder caches)",
+        f"  {'total ms':>9} {'share':>6} {'calls':>5} {'per call':>9}  {'schedule':<8} kernel",
+    ]
+    for r in result["kernels"][:top]:
+        lines.append(
+            f"  {r['total_ms']:>9.3f} {100 * r['share']:>5.1f}% {r['calls']:>5d} {r['per_call_ms']:>9.4f}  "
+            f"{r['schedule']:<8} {r['kernel'][:90]}"
+        )
+    if len(result["kernels"]) > top:
+        rest = result["kernels"][top:]
+        lines.append(
+            f"  {sum(r['total_ms'] for r in rest):>9.3f} {100 * sum(r['share'] for r in rest):>5.1f}% "
+            f"      ({len(rest)} more kernels)"
+        )
+    if result["not_timed"]:
+        lines.append(f"  not timed (symbolic shapes): {', '.join(result['not_timed'])}")
+    return "\n".join(lines)
