@@ -152,7 +152,7 @@ def _work(sch: s_tir.Schedule, block) -> int:
 
 
 def schedule_tile(
-    sch: s_tir.Schedule, block, spec: CpuKernelSpec, decide: Decider, channels_outer: bool = False, lanes=None
+    sch: s_tir.Schedule, block, spec: CpuKernelSpec, decide: Decider, channels_outer: bool | None = None, lanes=None
 ) -> bool:
     """The dot and window templates (module docstring). The output tile is pixels x channel vectors x
     lanes; the reduction runs outside it, into a stack buffer of accumulators; tiles run in parallel.
@@ -187,6 +187,8 @@ def schedule_tile(
     else:
         v_o, v_i = decide.tile(sch, c_outer, channels // width, regs.total - 4)
         outer, tile = [*rows, v_o], [v_i]
+    if channels_outer is None:
+        channels_outer = _weights_outweigh_data(sch, block)
     if channels_outer:
         outer = [outer[-1], *outer[:-1]]
     n_reduce = len(kinds) - n_spatial
@@ -221,6 +223,24 @@ def schedule_tile(
     if intrin:
         sch.tensorize(lane, intrin.name)
     return True
+
+
+def _weights_outweigh_data(sch: s_tir.Schedule, block) -> bool:
+    """Whether a conv / dense reads more weight bytes than activation bytes (its reads are data, then
+    weights: qcompile.kernels.compute). Then the channel tiles go outermost: each tile's weights are
+    read once and stay in cache while every pixel passes, instead of the whole weight matrix streaming
+    through the cache once per pixel tile (MiniLM's dense layers, 1-D convs over long sequences)."""
+    reads = sch.get(block).reads
+    if len(reads) < 2 or str(sch.get(block).annotations.get(KERNEL)) not in ("conv2d_nhwc", "dense"):
+        return False
+
+    def size(buf) -> int:
+        n = 1
+        for d in buf.shape:
+            n *= int(d)
+        return n * tvm.DataType(buf.dtype).bits // 8
+
+    return size(reads[1].source) > size(reads[0].source)
 
 
 def _same_loop(sch: s_tir.Schedule, a, b) -> bool:
