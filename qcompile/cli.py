@@ -354,6 +354,13 @@ def _terminate(signum: int, frame) -> None:
     raise Terminated(signum)
 
 
+def _quiet_finalizers() -> None:
+    """After an interrupt, objects the signal caught half-built (a TVM TempDirectory whose __init__ never
+    finished) fail in __del__ as they are collected; Python would print each as a traceback. The process is
+    exiting with its one-line message, so those are noise."""
+    sys.unraisablehook = lambda unraisable: None
+
+
 def one_line(text: str) -> str:
     """A message for stderr on exactly one line (a path may hold a newline)."""
     return text.replace("\r", "\\r").replace("\n", "\\n")
@@ -372,9 +379,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qcompile: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _quiet_finalizers()
         print("qcompile: interrupted", file=sys.stderr)
         return 130
     except Terminated as exc:
+        _quiet_finalizers()
         print(f"qcompile: terminated by {signal.Signals(exc.signum).name}", file=sys.stderr)
         return 128 + exc.signum
     except BrokenPipeError:  # stdout went away (| head): nothing to report, and nothing more to print
