@@ -201,7 +201,11 @@ def markdown(results: list[dict], machine: dict, args) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
-    parser.add_argument("--target", default="x86")
+    parser.add_argument(
+        "--target",
+        default="host",
+        help="target preset, or 'host': the fastest x86 preset this CPU runs (x86-vnni where it has VNNI)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tuning-db", default=str(ROOT / "examples" / "tuning_db"), help="'none' for defaults only")
     parser.add_argument("--rounds", type=int, default=5)
@@ -216,6 +220,11 @@ def main() -> None:
         parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     machine = cpu()
+    if args.target == "host":
+        from qcompile.runtime import host_cpu_flags
+        from qcompile.targets.x86 import host_preset
+
+        args.target = host_preset(host_cpu_flags()).name
     results = []
     with tempfile.TemporaryDirectory(prefix="qcompile-models-") as tmp:
         for name in names:

@@ -20,7 +20,14 @@ def test_build_verify_run_inspect(capsys, tmp_path, block):
     assert manifest["inputs"] == [{"name": "input", "shape": [1, 3, 12, 12], "dtype": "float32"}]
     assert manifest["outputs"] == [{"name": "logits", "shape": [1, 10], "dtype": "float32"}]
     assert manifest["target"]["name"] == "x86" and manifest["versions"]["tvm"]
-    assert set(manifest["files"]) == {"model.so", "report.json", "qparams.json", "plan.json", "rounding.npz", "kernels.json"}
+    assert set(manifest["files"]) == {
+        "model.so",
+        "report.json",
+        "qparams.json",
+        "plan.json",
+        "rounding.npz",
+        "kernels.json",
+    }
     realized = (tmp_path / "ir" / "04_realize.py").read_text()
     assert 'out_dtype="int32"' in realized and "uint8" in realized
 
