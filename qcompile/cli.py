@@ -190,9 +190,25 @@ def _build(args: argparse.Namespace) -> int:
             f"({100 * total / max(report['weights_fp32_bytes'], 1):.1f}% of the fp32 weights)"
             + _integer_weights_note(report.get("integer_weights") or {})
         )
+        if args.tuning_db is not None:
+            print(_tuning_note(result.artifact))
     else:
         print(f"stopped after {args.stop_after}" + (f"; IR in {args.dump_ir}" if args.dump_ir else ""))
     return 0
+
+
+def _tuning_note(artifact: Path) -> str:
+    """What the tuning database did for this build: kernels with a record, and their share of the time
+    (each kernel timed once here, when the library runs on this host)."""
+    from qcompile.profile import describe_schedules, tuned_share
+
+    sched = json.loads((artifact / "manifest.json").read_text()).get("kernels", {}).get("schedules", {})
+    tuned, untuned = sched.get("tuned", 0), sched.get("default", 0)
+    note = f"tuning database: {tuned} of {tuned + untuned} tunable kernels tuned"
+    shares = tuned_share(artifact)
+    if shares is None:
+        return note + " (the library does not run on this host, so their share of its time is not measured)"
+    return note + f"; of the kernels' time, timed here: {describe_schedules(shares['by_schedule'])}"
 
 
 def _integer_weights_note(doc: dict) -> str:

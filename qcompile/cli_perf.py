@@ -124,9 +124,15 @@ def tune(args: argparse.Namespace) -> int:
         device_key=args.device_key,
     )
     why = "time budget reached" if result.stopped_by_budget else "trials done"
+    focus = ""
+    if len(result.focused) < len(result.tasks):
+        focus = (
+            f" (searched the heaviest {len(result.focused)}, {100 * result.focus_share:.0f}% of the estimated "
+            "kernel time; the others keep their measured default schedules)"
+        )
     print(
-        f"tuned {len(result.tasks)} kernels: {result.measured} candidates measured ({result.failed} failed) in "
-        f"{result.seconds:.0f} s, {why}; records in {result.database}"
+        f"tuned {len(result.tasks)} kernels{focus}: {result.measured} candidates measured ({result.failed} failed) "
+        f"in {result.seconds:.0f} s, {why}; records in {result.database}"
     )
     return 0
 

@@ -37,6 +37,8 @@ class TuneResult:
     best_us: dict[str, float] = field(default_factory=dict)
     stopped_by_budget: bool = False
     seconds: float = 0.0
+    focused: list[str] = field(default_factory=list)  # the tasks the search worked on (qcompile.tuning.worker.focus)
+    focus_share: float = 1.0  # their share of the estimated kernel time
 
 
 def model_tasks(model, config: BuildConfig, calib=None, qparams=None) -> list[Task]:
@@ -65,6 +67,7 @@ def tune(
     rpc: str | None = None,
     device_key: str | None = None,
 ) -> TuneResult:
+    began = time.monotonic()  # the budget covers the whole command, the build stages included
     config = config or BuildConfig()
     if trials <= 0:
         raise InputError("--trials must be positive")
@@ -93,7 +96,7 @@ def tune(
             "db": str(Path(tuning_db).resolve()),
             "trials": trials,
             "per_iter": per_iter,
-            "time_budget_s": time_budget_s,
+            "time_budget_s": None if time_budget_s is None else max(time_budget_s - (started - began), 0.001),
             "threads": threads or os.cpu_count() or 1,
             "tasks": [],
             "rpc": tracker,
@@ -104,7 +107,7 @@ def tune(
             job["tasks"].append({"name": task.name, "file": str(path), "weight": task.weight})
         (Path(tmp) / "job.json").write_text(json.dumps(job))
         _run_worker(Path(tmp), job, result)
-    result.seconds = time.monotonic() - started
+    result.seconds = time.monotonic() - began
     return result
 
 
@@ -175,5 +178,7 @@ def _on_event(line: str, result: TuneResult, bar) -> None:
             result.best_us[event["task"]] = event["best_us"]
         bar.update(event["count"])
         bar.set_postfix_str(f"{event['task'][:40]} best {event['best_us'] or float('nan'):.1f} us")
+    elif event.get("event") == "focus":
+        result.focused, result.focus_share = event["tasks"], event["share"]
     elif event.get("event") == "done":
         result.stopped_by_budget = bool(event.get("stopped_by_budget"))

@@ -40,6 +40,7 @@ class Progress(ms.measure_callback.PyMeasureCallback):
         self.deadline = deadline
         self.best: dict[int, float] = {}
         self.stopped = False
+        self.measured = 0
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
         ok = [
@@ -47,6 +48,7 @@ class Progress(ms.measure_callback.PyMeasureCallback):
             for r in runner_results
             if r.error_msg is None and r.run_secs
         ]
+        self.measured += len(runner_results)
         if ok:
             best = min(ok)
             self.best[task_id] = min(self.best.get(task_id, best), best)
@@ -101,7 +103,43 @@ def measure_on(job: dict, target_spec) -> tuple:
     return builder, ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
 
 
-def seed_defaults(contexts, database, builder, runner, spec, target) -> None:
+SECONDS_PER_CANDIDATE = 0.5  # build + measure, when this run measured none of its own (2-core x86, measured)
+ROUNDS_PER_TASK = 3  # a task's first round only warms the cost model; fewer than this is not tuning it
+FOCUS_SHARE = 0.95  # tune the heaviest kernels that make up this much of the time, no more
+
+
+def estimated_seconds(contexts, weights: list[float], database) -> list[float]:
+    """Each task's share of the model's kernel time, estimated: calls x the best run time the database
+    holds (the default schedule's, where nothing better was measured yet)."""
+    est = []
+    for ctx, weight in zip(contexts, weights):
+        top = database.get_top_k(database.commit_workload(ctx.mod), 1) if database.has_workload(ctx.mod) else []
+        secs = sum(map(float, top[0].run_secs)) / len(top[0].run_secs) if top and top[0].run_secs else None
+        est.append(weight * secs if secs is not None else None)
+    known = [e for e in est if e is not None]
+    fill = max(known) if known else 1.0  # a task never measured: assume it matters
+    return [fill if e is None else e for e in est]
+
+
+def focus(est: list[float], todo: list[int], seconds_left: float | None, per_candidate: float, per_iter: int):
+    """The next tasks to search, of `todo`: the heaviest first, as many as the budget can give
+    ROUNDS_PER_TASK rounds each (all of them without a budget), stopping once they and the tasks
+    already searched cover FOCUS_SHARE of the time."""
+    order = sorted(todo, key=lambda i: -est[i])
+    if seconds_left is None:
+        return order
+    cap = max(1, int(seconds_left / (ROUNDS_PER_TASK * per_iter * per_candidate)))
+    total, covered = sum(est) or 1.0, sum(est[i] for i in range(len(est)) if i not in todo)
+    chosen = []
+    for i in order[:cap]:
+        if covered >= FOCUS_SHARE * total:
+            break
+        chosen.append(i)
+        covered += est[i]
+    return chosen
+
+
+def seed_defaults(contexts, database, builder, runner, spec, target) -> int:
     """Measure the default schedule of every task the database has no record for and commit it: the
     evolutionary search then starts from it, a short tuning run never makes a kernel slower than the
     default, and `--require-tuned` is satisfied by any run that got through this step."""
@@ -113,7 +151,7 @@ def seed_defaults(contexts, database, builder, runner, spec, target) -> None:
         schedule_module(sch, spec, Sampler(start_at_default=True))
         todo.append((ctx, sch))
     if not todo:
-        return
+        return 0
     built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in todo])
     inputs, kept = [], []
     for (ctx, sch), b in zip(todo, built):
@@ -127,6 +165,7 @@ def seed_defaults(contexts, database, builder, runner, spec, target) -> None:
             workload = database.commit_workload(ctx.mod)
             database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, result.run_secs, target, args))
             emit(event="default", task=ctx.task_name, us=1e6 * sum(map(float, result.run_secs)) / len(result.run_secs))
+    return len(todo)
 
 
 def main(job_path: str) -> int:
@@ -159,29 +198,50 @@ def main(job_path: str) -> int:
             )
         )
     builder, runner = measure_on(job, target_spec)
-    seed_defaults(contexts, database, builder, runner, spec, target)
-    names = [t["name"] for t in job["tasks"]]
-    progress = Progress(names, deadline)
+    seeding = time.monotonic()
+    seeded = seed_defaults(contexts, database, builder, runner, spec, target)
+    per_candidate = (time.monotonic() - seeding) / seeded if seeded else SECONDS_PER_CANDIDATE
+    weights = [float(t["weight"]) for t in job["tasks"]]
+    est = estimated_seconds(contexts, weights, database)
     work_dir = str(Path(job_path).parent / "meta_schedule")  # its logs, for the error report
-    ms.tune_tasks(
-        tasks=contexts,
-        task_weights=[float(t["weight"]) for t in job["tasks"]],
-        work_dir=work_dir,
-        max_trials_global=job["trials"],
-        max_trials_per_task=job.get("trials_per_task") or job["trials"],
-        num_trials_per_iter=job["per_iter"],
-        builder=builder,
-        runner=runner,
-        database=database,
-        cost_model=ms.cost_model.XGBModel(
-            extractor=ms.feature_extractor.PerStoreFeature(),
-            adaptive_training=True,
-            num_tuning_cores=job["threads"],
-        ),
-        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
-        task_scheduler="gradient",
-    )
-    emit(event="done", stopped_by_budget=progress.stopped)
+    todo, searched, trials_left, stopped = list(range(len(contexts))), [], job["trials"], False
+    # With a budget, the heaviest tasks first, in batches the remaining time can tune: a task whose space
+    # is exhausted early leaves its time to the next batch, and no warm-up round over every task (one
+    # per kernel, minutes on a large model) runs past the budget.
+    while todo and trials_left > 0 and not stopped:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:  # the build and the defaults took the budget: those are recorded
+            stopped = True
+            break
+        chosen = focus(est, todo, left, per_candidate, job["per_iter"])
+        if not chosen:
+            break
+        progress = Progress([job["tasks"][i]["name"] for i in chosen], deadline)
+        ms.tune_tasks(
+            tasks=[contexts[i] for i in chosen],
+            task_weights=[weights[i] for i in chosen],
+            work_dir=work_dir,
+            max_trials_global=trials_left,
+            max_trials_per_task=job.get("trials_per_task") or trials_left,
+            num_trials_per_iter=job["per_iter"],
+            builder=builder,
+            runner=runner,
+            database=database,
+            cost_model=ms.cost_model.XGBModel(
+                extractor=ms.feature_extractor.PerStoreFeature(),
+                adaptive_training=True,
+                num_tuning_cores=job["threads"],
+            ),
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
+            task_scheduler="gradient",
+        )
+        trials_left -= progress.measured
+        stopped = progress.stopped
+        searched += chosen
+        todo = [i for i in todo if i not in chosen]
+    share = sum(est[i] for i in searched) / (sum(est) or 1.0)
+    emit(event="focus", tasks=[job["tasks"][i]["name"] for i in sorted(searched)], share=share)
+    emit(event="done", stopped_by_budget=stopped)
     return 0
 
 

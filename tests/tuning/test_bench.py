@@ -93,7 +93,14 @@ def test_profile_times_every_kernel_the_library_calls(fashion_int8, tmp_path, ca
     assert totals == sorted(totals, reverse=True) and doc["model_ms"] > 0
     convs = [r for r in doc["kernels"] if "conv2d" in r["kernel"]]
     assert convs and all(r["schedule"] == "default" for r in convs)  # the shared build has no tuning database
-    assert "outside them: the VM's own work" in capsys.readouterr().out
+    kinds = doc["by_schedule"]
+    assert sum(k["kernels"] for k in kinds.values()) == len(doc["kernels"])
+    assert (
+        abs(sum(k["share"] for k in kinds.values()) - 1) < 1e-9
+        and abs(sum(k["ms"] for k in kinds.values()) - sum(totals)) < 1e-9
+    )
+    printed = capsys.readouterr().out
+    assert "outside them: the VM's own work" in printed and "by schedule, of the kernels' time: default" in printed
 
 
 def test_profile_of_an_artifact_without_kernel_table_says_rebuild(fashion_int8, tmp_path, capsys):

@@ -5,6 +5,7 @@ libraries compute (integer kernels: a schedule changes the loop order, never the
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def _outputs(art: Path, inputs: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["fashion", "efficientnet"])
-def test_rebuild_from_committed_db_is_complete_and_exact(name, request, tmp_path):
+def test_rebuild_from_committed_db_is_complete_and_exact(name, request, tmp_path, capsys):
     data = request.getfixturevalue(name)
     before = _db_bytes()
     tuned = tmp_path / "tuned"
@@ -39,6 +40,10 @@ def test_rebuild_from_committed_db_is_complete_and_exact(name, request, tmp_path
     assert _db_bytes() == before, "a build only reads the database: zero trials, nothing written"
     schedules = json.loads((tuned / "manifest.json").read_text())["kernels"]["schedules"]
     assert schedules["tuned"] > 0 and schedules["default"] == 0 and schedules["untuned_kernels"] == []
+    note = re.search(
+        r"tuning database: (\d+) of (\d+) tunable kernels tuned; .* timed here: tuned (\d+)%", capsys.readouterr().out
+    )
+    assert note and int(note[1]) == int(note[2]) == schedules["tuned"] and 0 < int(note[3]) <= 100
     default = tmp_path / "default"
     _rebuild(data["model"], data["calib"], default)
     inputs = np.load(data["eval"])["input"][:8]

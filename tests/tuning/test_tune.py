@@ -71,3 +71,17 @@ def test_time_budget_must_parse(fashion, capsys, tmp_path):
     assert main([*args, "--time-budget", "soon"]) == 2
     assert "expected a duration like 90s" in capsys.readouterr().err
     assert TuningDB(tmp_path).exists_for(TARGETS.get("x86")) is False
+
+
+def test_a_budget_goes_to_the_heaviest_kernels_first():
+    from qcompile.tuning.worker import FOCUS_SHARE, ROUNDS_PER_TASK, focus
+
+    est = [1.0, 50.0, 5.0, 30.0, 14.0]  # estimated seconds per task (calls x best known time)
+    assert focus(est, [0, 1, 2, 3, 4], None, 0.5, 16) == [1, 3, 4, 2, 0]  # no budget: every task, heaviest first
+    round_s = ROUNDS_PER_TASK * 16 * 0.5
+    assert focus(est, [0, 1, 2, 3, 4], 2 * round_s, 0.5, 16) == [1, 3]  # time for two tasks' rounds
+    assert focus(est, [0, 2, 4], 2 * round_s, 0.5, 16) == [4, 2]  # the next batch, once 1 and 3 were searched
+    assert focus(est, [0, 1, 2, 3, 4], 0.1, 0.5, 16) == [1]  # at least one task, however short the budget
+    # enough time for all, but the two lightest are left once FOCUS_SHARE of the time is covered
+    chosen = focus(est, [0, 1, 2, 3, 4], 100 * round_s, 0.5, 16)
+    assert chosen == [1, 3, 4, 2] and sum(est[i] for i in chosen[:-1]) < FOCUS_SHARE * sum(est)
