@@ -28,7 +28,11 @@ from qcompile.kernels.spec import CpuKernelSpec
 
 log = logging.getLogger(__name__)
 SCHEDULED = "tirx.is_scheduled"
-PARALLEL_MIN_WORK = 1 << 14  # iterations below which a thread-pool launch costs more than it saves
+# Iterations below which waking the thread pool costs more than it saves. The shared pool's workers sleep
+# between kernels (qcompile.threads), so a parallel kernel pays a wake-up (~15 us here): measured on
+# x86-vnni, 2 threads, default schedules, 2^14 -> 2^20: Fashion CNN x0.77-0.89, MiniLM x0.90-0.95,
+# EfficientNet-Lite0 x0.94-0.98; 2^22 lost on EfficientNet (x1.02-1.04).
+PARALLEL_MIN_WORK = 1 << 20
 
 
 # -- helpers ----------------------------------------------------------------------------------------
