@@ -29,7 +29,9 @@ def add_parsers(sub) -> None:
     t.add_argument(
         "--time-budget",
         metavar="DURATION",
-        help="stop cleanly after this long, keeping the best so far: 90s, 30m, 2h",
+        help="bound the whole command (90s, 30m, 2h), keeping the best so far: every kernel's default is "
+        "measured first, then the search goes to the heaviest kernels (calls x best time) in batches the time "
+        "left can give three rounds each, until 95%% of the estimated time is covered",
     )
     t.add_argument("--threads", type=int, help="threads the kernels run with while measured (default: all)")
     t.add_argument(
