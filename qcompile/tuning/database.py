@@ -198,6 +198,13 @@ def add_task_names(folder: Path, named: dict[str, str]) -> None:
     (folder / TASK_NAMES).write_text(json.dumps(names, indent=1, sort_keys=True) + "\n")
 
 
+def mean_seconds(run_secs) -> float | None:
+    """The mean of a measurement's run times (a record's or a runner result's), None when it has none or
+    failed: MetaSchedule stores a failed measurement as 1e10 s."""
+    secs = [float(s) for s in (run_secs or []) if float(s) < 1e9]
+    return sum(secs) / len(secs) if secs else None
+
+
 def summarize(root: Path) -> list[dict]:
     """`qcompile tuning-db info`: per key, its identity and per task the number of measured candidates
     and the best mean latency."""
@@ -214,9 +221,9 @@ def summarize(root: Path) -> list[dict]:
             name = ", ".join(names.get(digest, ["?"]))
             task = tasks.setdefault(digest, {"task": name, "trials": 0, "best_us": None})
             task["trials"] += 1
-            secs = [float(s) for s in (record.run_secs or []) if float(s) < 1e9]  # failures are stored as 1e10
-            if secs:
-                us = 1e6 * sum(secs) / len(secs)
+            secs = mean_seconds(record.run_secs)
+            if secs is not None:
+                us = 1e6 * secs
                 task["best_us"] = us if task["best_us"] is None else min(task["best_us"], us)
         rows = sorted(tasks.values(), key=lambda t: -(t["best_us"] or 0.0))
         keys.append({"folder": folder.name, **key, "records": len(db), "tasks": rows})

@@ -22,7 +22,7 @@ from qcompile.deploy.toolchain import cross_cxx
 from qcompile.kernels.decide import Sampler
 from qcompile.kernels.templates import schedule_module
 from qcompile.targets import TARGETS
-from qcompile.tuning.database import TuningDB
+from qcompile.tuning.database import TuningDB, mean_seconds
 from qcompile.tuning.tasks import register_intrinsics
 
 
@@ -43,11 +43,8 @@ class Progress(ms.measure_callback.PyMeasureCallback):
         self.measured = 0
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
-        ok = [
-            sum(float(s) for s in r.run_secs) / len(r.run_secs)
-            for r in runner_results
-            if r.error_msg is None and r.run_secs
-        ]
+        secs = [mean_seconds(r.run_secs) for r in runner_results if r.error_msg is None]
+        ok = [s for s in secs if s is not None]
         self.measured += len(runner_results)
         if ok:
             best = min(ok)
@@ -114,7 +111,7 @@ def estimated_seconds(contexts, weights: list[float], database) -> list[float]:
     est = []
     for ctx, weight in zip(contexts, weights):
         top = database.get_top_k(database.commit_workload(ctx.mod), 1) if database.has_workload(ctx.mod) else []
-        secs = sum(map(float, top[0].run_secs)) / len(top[0].run_secs) if top and top[0].run_secs else None
+        secs = mean_seconds(top[0].run_secs) if top else None
         est.append(weight * secs if secs is not None else None)
     known = [e for e in est if e is not None]
     fill = max(known) if known else 1.0  # a task never measured: assume it matters
