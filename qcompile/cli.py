@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from qcompile import __version__
@@ -18,6 +17,7 @@ from qcompile.cli_perf import COMMANDS as PERF_COMMANDS
 from qcompile.cli_perf import add_parsers as add_perf_parsers
 from qcompile.config import STAGES
 from qcompile.errors import InputError, QCompileError, VerificationFailed
+from qcompile.interrupts import Terminated, quiet_finalizers, signals_raise
 from qcompile.threads import configured as threads_configured
 
 
@@ -191,24 +191,12 @@ def _build(args: argparse.Namespace) -> int:
             + _integer_weights_note(report.get("integer_weights") or {})
         )
         if args.tuning_db is not None:
-            print(_tuning_note(result.artifact))
+            from qcompile.profile import tuning_note
+
+            print(tuning_note(result.artifact))
     else:
         print(f"stopped after {args.stop_after}" + (f"; IR in {args.dump_ir}" if args.dump_ir else ""))
     return 0
-
-
-def _tuning_note(artifact: Path) -> str:
-    """What the tuning database did for this build: kernels with a record, and their share of the time
-    (each kernel timed once here, when the library runs on this host)."""
-    from qcompile.profile import describe_schedules, tuned_share
-
-    sched = json.loads((artifact / "manifest.json").read_text()).get("kernels", {}).get("schedules", {})
-    tuned, untuned = sched.get("tuned", 0), sched.get("default", 0)
-    note = f"tuning database: {tuned} of {tuned + untuned} tunable kernels tuned"
-    shares = tuned_share(artifact)
-    if shares is None:
-        return note + " (the library does not run on this host, so their share of its time is not measured)"
-    return note + f"; of the kernels' time, timed here: {describe_schedules(shares['by_schedule'])}"
 
 
 def _integer_weights_note(doc: dict) -> str:
@@ -357,26 +345,6 @@ COMMANDS = {
 }
 
 
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP, raised where Python next runs so every `finally` and staging clean-up runs,
-    as for Ctrl-C (KeyboardInterrupt)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _terminate(signum: int, frame) -> None:
-    raise Terminated(signum)
-
-
-def _quiet_finalizers() -> None:
-    """After an interrupt, objects the signal caught half-built (a TVM TempDirectory whose __init__ never
-    finished) fail in __del__ as they are collected; Python would print each as a traceback. The process is
-    exiting with its one-line message, so those are noise."""
-    sys.unraisablehook = lambda unraisable: None
-
-
 def one_line(text: str) -> str:
     """A message for stderr on exactly one line (a path may hold a newline)."""
     return text.replace("\r", "\\r").replace("\n", "\\n")
@@ -384,22 +352,18 @@ def one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, _terminate)
     try:
-        with threads_configured(getattr(args, "thread_pool", None)):  # before TVM's pool first starts
+        with signals_raise(), threads_configured(getattr(args, "thread_pool", None)):  # before TVM's pool starts
             return COMMANDS[args.command](args)
     except QCompileError as exc:
         print(f"qcompile: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        _quiet_finalizers()
+        quiet_finalizers()
         print("qcompile: interrupted", file=sys.stderr)
         return 130
     except Terminated as exc:
-        _quiet_finalizers()
+        quiet_finalizers()
         print(f"qcompile: terminated by {signal.Signals(exc.signum).name}", file=sys.stderr)
         return 128 + exc.signum
     except BrokenPipeError:  # stdout went away (| head): nothing to report, and nothing more to print
@@ -415,9 +379,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

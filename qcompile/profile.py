@@ -123,22 +123,26 @@ def by_schedule(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def tuned_share(artifact_path) -> dict | None:
-    """After a build with a tuning database: how much of the library's kernel time runs tuned schedules,
-    each kernel timed once here (a quick estimate, not a benchmark). None when the artifact cannot run
-    on this host (a cross-compiled target)."""
+def tuning_note(artifact_path) -> str:
+    """After a build with a tuning database: kernels with a record, and how much of the library's kernel
+    time runs tuned schedules, each kernel timed once here (a quick estimate, not a benchmark), when the
+    library runs on this host."""
     from qcompile.errors import InputError
     from qcompile.runtime import Runner, open_artifact
 
     artifact = open_artifact(artifact_path)
+    sched = artifact.manifest.get("kernels", {}).get("schedules", {})
+    tuned, untuned = sched.get("tuned", 0), sched.get("default", 0)
+    note = f"tuning database: {tuned} of {tuned + untuned} tunable kernels tuned"
+    not_measured = " (the library does not run on this host, so their share of its time is not measured)"
     if KERNELS_FILE not in artifact.manifest["files"]:
-        return None
+        return note
     try:
         runner = Runner(artifact)
     except InputError:
-        return None
-    rows, skipped = time_kernels(runner, artifact.read_json(KERNELS_FILE)["kernels"], number=1, repeat=3)
-    return {"by_schedule": by_schedule(rows), "not_timed": len(skipped)}
+        return note + not_measured
+    rows, _ = time_kernels(runner, artifact.read_json(KERNELS_FILE)["kernels"], number=1, repeat=3)
+    return note + f"; of the kernels' time, timed here: {describe_schedules(by_schedule(rows))}"
 
 
 def describe_schedules(shares: dict[str, dict]) -> str:
