@@ -16,11 +16,16 @@ fuse: an int8 conv with its requantize epilogue becomes ten kernels and ten roun
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tvm
 from tvm import relax
 
 from qcompile.kernels.spec import CpuKernelSpec
+
+if TYPE_CHECKING:
+    from qcompile.targets import TargetSpec
 
 # Kernels are only ever called by the VM with buffers the compiler allocated, after the VM has checked
 # the model's inputs itself; TIR's per-argument asserts would only repeat that in every kernel.
@@ -135,3 +140,54 @@ def compile_module(
         inventory.extend(kernel_table(lowered, set()))
     with tvm.transform.PassContext(opt_level=3, config=BUILD_CONFIG):
         return tvm.compile(lowered, target=target)
+
+
+def compile_stage(
+    mod: tvm.IRModule,
+    target: TargetSpec,
+    tuning_db: str | Path | None = None,
+    require_tuned: bool = False,
+    float_dtype: str = "float32",
+) -> tuple[tvm.runtime.Module, dict]:
+    """Compile with the tuning database's records where it has them, default templates elsewhere.
+    Returns the executable and what was applied (for the manifest)."""
+    from qcompile.errors import InputError
+    from qcompile.tuning.database import TuningDB, folder_name, key_of
+    from qcompile.tuning.tasks import Applied, apply_records
+    from qcompile.tuning.tasks import require_tuned as check_tuned
+
+    applied = Applied()
+    hook = None
+    if tuning_db is not None and target.kernels is not None:
+        db = TuningDB(Path(tuning_db))
+        db.check()
+        hook = apply_records(db.open(target), target.tvm(), target.kernels, applied)
+    elif require_tuned:
+        raise InputError(
+            "--require-tuned needs --tuning-db DIR"
+            if tuning_db is None
+            else f"--require-tuned: target {target.name!r} has no tunable kernel templates"
+        )
+
+    def checked(lowered: tvm.IRModule) -> tvm.IRModule:
+        lowered = hook(lowered) if hook is not None else lowered
+        if require_tuned:
+            check_tuned(applied)
+        return lowered
+
+    if float_dtype == "float16":
+        mod = to_float16(mod)
+    inventory: list[dict] = []
+    executable = compile_module(mod, target.tvm(), target.kernels, apply_records=checked, inventory=inventory)
+    schedules = {"tuned": sorted(applied.tuned), "default": sorted(applied.untuned)}
+    for site in inventory:
+        if site["kernel"] in applied.tuned:
+            site["schedule"] = "tuned"
+    schedules["inventory"] = inventory
+    if target.extra.get("gpu") == "cuda":
+        from qcompile.deploy.toolchain import nvcc
+
+        schedules["cuda"] = check_cuda_kernels(executable, target.tvm(), nvcc())
+    if tuning_db is not None:
+        schedules["tuning_db"] = folder_name(key_of(target))
+    return executable, schedules

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tvm
 
-from qcompile.artifact import check_output, write_artifact
+from qcompile.artifact import check_output, weight_storage, write_artifact
 from qcompile.calibration.collect import calibrate
 from qcompile.calibration.rounding import InputMoments, WeightRounding
 from qcompile.calibration.store import load_qparams, load_rounding, qparams_to_json
@@ -19,7 +19,7 @@ from qcompile.config import FLOAT_BITS, STAGES, BuildConfig
 from qcompile.data import ImagePreprocess, load_data
 from qcompile.deploy.toolchain import check_toolchain
 from qcompile.errors import InputError
-from qcompile.lowering import compile_module
+from qcompile.lowering import compile_stage
 from qcompile.mixed import Budget
 from qcompile.model import OnnxModel, load_onnx, output_specs, to_relax
 from qcompile.passes.annotate import annotate, resolve_skips
@@ -239,59 +239,6 @@ def calibration_of(qparams: dict[str, QParams], config: BuildConfig, rounding: W
     return Calibration(qparams, config.bias_correction, rounding)
 
 
-def compile_stage(
-    mod: tvm.IRModule,
-    target: TargetSpec,
-    tuning_db: str | Path | None = None,
-    require_tuned: bool = False,
-    float_dtype: str = "float32",
-) -> tuple[tvm.runtime.Module, dict]:
-    """Compile with the tuning database's records where it has them, default templates elsewhere.
-    Returns the executable and what was applied (for the manifest)."""
-    from qcompile.tuning.database import TuningDB, folder_name, key_of
-    from qcompile.tuning.tasks import Applied, apply_records
-    from qcompile.tuning.tasks import require_tuned as check_tuned
-
-    applied = Applied()
-    hook = None
-    if tuning_db is not None and target.kernels is not None:
-        db = TuningDB(Path(tuning_db))
-        db.check()
-        hook = apply_records(db.open(target), target.tvm(), target.kernels, applied)
-    elif require_tuned:
-        raise InputError(
-            "--require-tuned needs --tuning-db DIR"
-            if tuning_db is None
-            else f"--require-tuned: target {target.name!r} has no tunable kernel templates"
-        )
-
-    def checked(lowered: tvm.IRModule) -> tvm.IRModule:
-        lowered = hook(lowered) if hook is not None else lowered
-        if require_tuned:
-            check_tuned(applied)
-        return lowered
-
-    if float_dtype == "float16":
-        from qcompile.lowering import to_float16
-
-        mod = to_float16(mod)
-    inventory: list[dict] = []
-    executable = compile_module(mod, target.tvm(), target.kernels, apply_records=checked, inventory=inventory)
-    schedules = {"tuned": sorted(applied.tuned), "default": sorted(applied.untuned)}
-    for site in inventory:
-        if site["kernel"] in applied.tuned:
-            site["schedule"] = "tuned"
-    schedules["inventory"] = inventory
-    if target.extra.get("gpu") == "cuda":
-        from qcompile.deploy.toolchain import nvcc
-        from qcompile.lowering import check_cuda_kernels
-
-        schedules["cuda"] = check_cuda_kernels(executable, target.tvm(), nvcc())
-    if tuning_db is not None:
-        schedules["tuning_db"] = folder_name(key_of(target))
-    return executable, schedules
-
-
 def build(
     model: str | Path,
     output: str | Path | None = None,
@@ -404,47 +351,9 @@ def compile_and_write(
         schedules=schedules,
         extra_json={**(extra_json or {}), KERNELS_FILE: {"kernels": schedules.pop("inventory")}},
         rounding=_used_offsets(result),
-        integer_weights=weight_storage(canon, result.plan),
+        integer_weights=weight_storage(canon.mod, result.plan),
     )
     result.timings["package"] = round(time.perf_counter() - t, 3)
-
-
-def weight_storage(canon: Canonical, plan: QuantPlan) -> dict:
-    """What the integer layers' weights take in the library, per scheme and in all, against fp32: e.g.
-    a weight-only int4 encoder's linear layers at 14.5% of their fp32 bytes."""
-    import numpy as np
-
-    from qcompile.passes.rewrite import const_value, is_const, main_bindings, op_name
-    from qcompile.passes.rules.embedding import is_table_lookup
-    from qcompile.passes.scheme import stored_bytes
-
-    values = {b.var.name: b.value for b in main_bindings(canon.mod["main"])}
-    by_scheme: dict[str, dict[str, int]] = {}
-    for op in plan.ops:
-        if op.layer is None or op.weight is None or op.var not in values:
-            continue
-        call = values[op.var]
-        table = is_table_lookup(call)
-        weight = call.args[0] if table else call.args[1]
-        if not is_const(weight):
-            continue
-        shape = tuple(int(d) for d in const_value(weight).shape)
-        axis = 0 if table or op_name(call) == "relax.nn.conv2d" else len(shape) - 1
-        if op.weight.granularity == "group":  # groups run along a matmul's input channels
-            axis = len(shape) - 1
-        kind = f"{op.weight.dtype}/{op.weight.granularity}" + (
-            f"{op.weight.group_size}" if op.weight.granularity == "group" else ""
-        )
-        entry = by_scheme.setdefault(kind, {"layers": 0, "fp32_bytes": 0, "stored_bytes": 0})
-        entry["layers"] += 1
-        entry["fp32_bytes"] += 4 * int(np.prod(shape))
-        entry["stored_bytes"] += stored_bytes(op.weight, shape, axis)
-    fp32 = sum(e["fp32_bytes"] for e in by_scheme.values())
-    stored = sum(e["stored_bytes"] for e in by_scheme.values())
-    for entry in by_scheme.values():
-        entry["fraction"] = round(entry["stored_bytes"] / max(entry["fp32_bytes"], 1), 4)
-    fraction = round(stored / max(fp32, 1), 4)
-    return {"fp32_bytes": fp32, "stored_bytes": stored, "fraction": fraction, "by_scheme": by_scheme}
 
 
 def _used_offsets(result: BuildResult) -> dict | None:
