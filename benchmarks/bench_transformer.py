@@ -34,6 +34,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=993, help="WordNet (definition, lemma) pairs to evaluate")
     parser.add_argument("--calib", type=int, default=128, help="calibration sentences (other synsets)")
     parser.add_argument("--tuning-db", help="a MetaSchedule database for the int8 builds (qcompile tune)")
+    parser.add_argument(
+        "--target",
+        default="host",
+        help="target preset, or 'host': the fastest x86 preset this CPU runs (x86-vnni where it has VNNI)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=20)
     args = parser.parse_args()
@@ -44,19 +49,28 @@ def main() -> None:
     from qcompile.tasks import embedding_agreement
     from qcompile.zoo.minilm import INPUTS, calibration_set, minilm_onnx, retrieval_set, wordnet_pairs
 
+    if args.target == "host":
+        from qcompile.runtime import host_cpu_flags
+        from qcompile.targets.x86 import host_preset
+
+        args.target = host_preset(host_cpu_flags()).name
     work = Path(tempfile.mkdtemp(prefix="qcompile-transformer-"))
     model = minilm_onnx()
     np.savez(work / "calib.npz", **calibration_set(args.calib))
     evaluation = retrieval_set(wordnet_pairs(args.pairs))
     np.savez(work / "eval.npz", **evaluation)
-    print(f"all-MiniLM-L6-v2: {args.pairs} pairs ({2 * args.pairs} sentences), {args.calib} calibration sentences")
+    print(f"target {args.target}; all-MiniLM-L6-v2: {args.pairs} pairs ({2 * args.pairs} sentences), ", end="")
+    print(f"{args.calib} calibration sentences")
 
     calib = work / "calib.npz"
     builds = {  # name -> (config, calibration data)
-        "qcompile fp32": (qcompile.BuildConfig(bits=32), None),
-        "qcompile int8 static": (qcompile.BuildConfig(), calib),
-        "qcompile int8 dynamic": (qcompile.BuildConfig(activations="dynamic"), None),
-        "qcompile int4 weight-only g64": (qcompile.BuildConfig(weights="int4", group_size=64), calib),
+        "qcompile fp32": (qcompile.BuildConfig(target=args.target, bits=32), None),
+        "qcompile int8 static": (qcompile.BuildConfig(target=args.target), calib),
+        "qcompile int8 dynamic": (qcompile.BuildConfig(target=args.target, activations="dynamic"), None),
+        "qcompile int4 weight-only g64": (
+            qcompile.BuildConfig(target=args.target, weights="int4", group_size=64),
+            calib,
+        ),
     }
     artifacts = {}
     for name, (config, data) in builds.items():
