@@ -99,6 +99,7 @@ class QParams:
     # SmoothQuant: channel c is stored as x_c / divisor[c] (so real = scale * divisor[c] * (q - zp)); the
     # linear layers reading the site carry divisor[c] in their weights (qcompile.calibration.smooth)
     divisor: tuple[float, ...] | None = None
+    source: str = "calibration"  # or "graph": the scale a pre-quantized (QDQ) model carries
 
     def __post_init__(self) -> None:
         if not (self.scale > 0 and self.scale < float("inf")):

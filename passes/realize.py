@@ -4,7 +4,7 @@ quantize/dequantize only where an integer tensor meets a float op (or the model'
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
@@ -27,6 +27,7 @@ class Calibration:
     qparams: Mapping[str, QParams]
     bias_correction: bool = False
     rounding: WeightRounding | None = None
+    weight_scales: Mapping[str, np.ndarray] = field(default_factory=dict)  # layer -> a QDQ model's own
 
 
 class _Realizer:
@@ -36,6 +37,7 @@ class _Realizer:
         self.plan = plan
         self.bias_correction = calibration.bias_correction
         self.rounding = calibration.rounding
+        self.weight_scales = calibration.weight_scales
         self.params = calibration.qparams
         self.by_name = {b.var.name: b for b in bindings}
         self.anchors = {op.var: op for op in plan.ops}

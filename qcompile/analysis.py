@@ -66,7 +66,7 @@ def analyze(
     inputs = [s.name for s in canon.model.inputs]
     layers = plan.quantized_layers
     target = TARGETS.get(config.target)
-    calibration = calibration_of(qp, config, rounding)
+    calibration = calibration_of(canon, qp, config, rounding)
     sw = Switchable(canon.mod, plan, calibration, layers, evaluation, inputs, planner(canon, config, target))
     costs = layer_costs(canon.mod, canon.layer_of)
     all_int = sw.metrics(set())

@@ -118,11 +118,13 @@ def write_artifact(
     extra_json: dict[str, dict] | None = None,
     rounding: dict[str, np.ndarray] | None = None,
     integer_weights: dict | None = None,
+    pre_quantized: dict | None = None,
 ) -> Path:
     """`extra_json`: more JSON files for the artifact (e.g. precision.json of a mixed-precision search).
     `rounding`: each layer's integer weights minus nearest rounding (rounding.npz, read back with
     --qparams so a rebuild from this artifact's qparams.json rounds its weights the same way).
-    `integer_weights`: what the integer layers' weights take, per scheme (weight_storage)."""
+    `integer_weights`: what the integer layers' weights take, per scheme (weight_storage).
+    `pre_quantized`: a QDQ model's account (qcompile.calibration.graph.graph_summary)."""
     import tvm
 
     from qcompile.calibration.store import ROUNDING, qparams_to_json
@@ -137,7 +139,8 @@ def write_artifact(
         cxx = cross_cxx(target)  # None: the host's compiler
         executable.export_library(str(library), options=["-s"], **({"cc": cxx} if cxx else {}))
         _write_json(staging / "qparams.json", qparams_to_json(qparams, model.sha256, config.method), compact=True)
-        _write_json(staging / "plan.json", plan.to_json())
+        sources = {site: qparams[site].source for site in plan.sites if site in qparams}
+        _write_json(staging / "plan.json", {**plan.to_json(), "site_sources": sources})
         if rounding:
             np.savez_compressed(staging / ROUNDING, **rounding)
         report = {
@@ -150,6 +153,7 @@ def write_artifact(
             "library_to_fp32_weights": round(library.stat().st_size / max(model.weight_bytes(), 1), 4),
             "integer_weights": integer_weights or {},
             "stage_seconds": dict(timings),
+            **({"pre_quantized": pre_quantized} if pre_quantized is not None else {}),
         }
         _write_json(staging / "report.json", report)
         for name, doc in (extra_json or {}).items():

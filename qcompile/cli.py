@@ -190,6 +190,10 @@ def _build(args: argparse.Namespace) -> int:
             f"({100 * total / max(report['weights_fp32_bytes'], 1):.1f}% of the fp32 weights)"
             + _integer_weights_note(report.get("integer_weights") or {})
         )
+        if "pre_quantized" in report:
+            from qcompile.calibration.graph import summary_line
+
+            print(summary_line(report["pre_quantized"]))
         if args.tuning_db is not None:
             from qcompile.profile import tuning_note
 
@@ -274,6 +278,8 @@ def _format_metrics(m: dict) -> str:
     lines = [f"samples: {m['samples']}"]
     for name, out in m["outputs"].items():
         lines.append(f"output {name}: " + ", ".join(f"{k}={v}" for k, v in out.items()))
+    for name, out in m.get("vs_qdq_model", {}).items():  # a pre-quantized model's second reference
+        lines.append(f"output {name} vs the QDQ model in onnxruntime: " + ", ".join(f"{k}={v}" for k, v in out.items()))
     lines.append(
         f"size: library {m['library_bytes'] / 1e6:.2f} MB, whole artifact {m['artifact_bytes'] / 1e6:.2f} MB "
         f"({100 * m['artifact_to_fp32_weights']:.1f}% of the fp32 weights, {m['weights_fp32_bytes'] / 1e6:.2f} MB)"

@@ -49,6 +49,7 @@ def inspect_model(
                 "onnx_op": onnx_ops.get(name, "?"),
                 "output_shape": [int(d) for d in ty.shape] if ty is not None else None,
                 "quantizable": name in quantized,
+                **({"graph_weight_scales": name in model.graph_quant.weights} if model.graph_quant else {}),
             }
         )
     return {
@@ -64,6 +65,15 @@ def inspect_model(
         "ops": dict(Counter(n.op_type for n in graph.node).most_common()),
         "layers": layers,
         "integer_ops": dict(Counter(op.rule.removeprefix("relax.") for op in plan.ops).most_common()),
+        **({"pre_quantized": _pre_quantized(model.graph_quant)} if model.graph_quant else {}),
+    }
+
+
+def _pre_quantized(graph) -> dict:
+    doc = graph.to_json()
+    return {k: doc[k] for k in ("activation_pairs", "dequantized_constants", "clamps_restored")} | {
+        "activation_scales": len(graph.activations),
+        "layers_with_weight_scales": len(graph.weights),
     }
 
 
@@ -89,10 +99,19 @@ def format_inspection(info: dict) -> str:
     lines.append("outputs: " + ", ".join(info["outputs"]))
     lines.append("ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
     lines.append("integer ops after realize: " + ", ".join(f"{k} x{v}" for k, v in info["integer_ops"].items()))
+    if "pre_quantized" in info:
+        pq = info["pre_quantized"]
+        lines.append(
+            f"pre-quantized (QDQ): {pq['activation_pairs']} activation pairs ({pq['activation_scales']} scales), "
+            f"{pq['dequantized_constants']} quantized constants, {pq['layers_with_weight_scales']} layers with "
+            f"weight scales, {pq['clamps_restored']} clamps restored; the layers list shows 'scales' where "
+            "the graph gives a layer's weights"
+        )
     q = sum(1 for layer in info["layers"] if layer["quantizable"])
     lines.append(f"layers ({q}/{len(info['layers'])} quantizable):")
     width = max((len(layer["name"]) for layer in info["layers"]), default=4)
     for layer in info["layers"]:
         mark = "int8 " if layer["quantizable"] else "float"
-        lines.append(f"  {mark}  {layer['name']:<{width}}  {layer['onnx_op']:<6} {layer['output_shape']}")
+        given = "  scales" if layer.get("graph_weight_scales") else ""
+        lines.append(f"  {mark}  {layer['name']:<{width}}  {layer['onnx_op']:<6} {layer['output_shape']}{given}")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ def per_layer_sqnr(artifact: Artifact, model: OnnxModel, data: Dataset, limit: i
     names = tuple(op.output for op in plan.ops)
     n_out = len(model.outputs)
     float_vm = compile_host(expose(canon.mod, names))
-    realize = RealizeIntegerOps(plan, calibration_of(qparams, config, rounding), names)
+    realize = RealizeIntegerOps(plan, calibration_of(canon, qparams, config, rounding), names)
     int_vm = compile_host(realize(canon.mod))
     inputs = [s.name for s in model.inputs]
     signal = np.zeros(len(names))

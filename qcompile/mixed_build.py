@@ -55,7 +55,7 @@ def build_mixed(
         raise InputError("every integer layer is pinned by --precision: nothing for the search to change")
     inputs = [s.name for s in canon.model.inputs]
     plan_for = planner(canon, config, target)
-    calibration = calibration_of(result.qparams, config, result.rounding)
+    calibration = calibration_of(canon, result.qparams, config, result.rounding)
     sw = Switchable(canon.mod, result.plan, calibration, layers, data, inputs, plan_for)
     if search.budget.max_top1_drop is not None and sw.reference.ndim != 2:
         raise InputError("--max-top1-drop needs a classifier (2-D logits as the first output); use --min-sqnr")

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from qcompile.errors import InputError, UnsupportedModelError
+from qcompile.frontend.qdq import GraphQuant
 
 MIN_OPSET = 11
 LAYER_ONNX_OPS = {"Conv": "relax.nn.conv2d", "Gemm": "relax.matmul", "MatMul": "relax.matmul"}
@@ -49,6 +50,7 @@ class OnnxModel:
     prepared_sha256: str = ""  # the specialised, folded graph that is compiled and verified against
     fixed_inputs: dict[str, np.ndarray] = field(default_factory=dict)  # inputs folded in as constants
     folding: dict = field(default_factory=dict)  # what the fold pass did (FoldReport.to_json)
+    graph_quant: GraphQuant | None = None  # a QDQ model's own scales (its graph here is the float one)
 
     def layer_names(self) -> dict[str, list[str]]:
         """ONNX node names of the conv/matmul layers and the embedding lookups (Gather of a 2-D float
@@ -178,6 +180,7 @@ def load_onnx(
         prepared.sha256,
         fixed,
         prepared.report.to_json(),
+        prepared.graph_quant,
     )
 
 

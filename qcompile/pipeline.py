@@ -9,10 +9,12 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import tvm
 
 from qcompile.artifact import check_output, weight_storage, write_artifact
 from qcompile.calibration.collect import calibrate
+from qcompile.calibration.graph import graph_summary
 from qcompile.calibration.rounding import InputMoments, WeightRounding
 from qcompile.calibration.store import load_qparams, load_rounding, qparams_to_json
 from qcompile.config import FLOAT_BITS, STAGES, BuildConfig
@@ -178,6 +180,14 @@ def calibrate_stage(
                 )
             rounding.offsets = offsets
         return loaded
+    given: dict[str, QParams] = {}
+    if canon.model.graph_quant is not None:  # a pre-quantized model: its own scales, calibration for the rest
+        from qcompile.calibration.graph import graph_qparams
+
+        given = graph_qparams(canon, plan, canon.model.graph_quant, calib is not None)
+        complete = all(site in given or spec.dynamic for site, spec in plan.sites.items())
+        if complete and not (gptq and calib is not None):
+            return given
     if calib is None:
         raise InputError("calibration data is required: pass --calib DATA (.npz or image folder) or --qparams FILE")
     prep = ImagePreprocess.parse(config.preprocess)
@@ -201,7 +211,7 @@ def calibrate_stage(
             hessian = stats.hessian()
             if hessian is not None:
                 rounding.hessians[op] = hessian
-    return result
+    return {**result, **given}  # the graph's scales win: they were trained (or chosen) with the model
 
 
 def layer_input_moments(canon: Canonical, plan: QuantPlan) -> dict[str, tuple[str, InputMoments]]:
@@ -231,12 +241,17 @@ def realize_stage(
     config: BuildConfig,
     rounding: WeightRounding | None = None,
 ) -> tvm.IRModule:
-    return RealizeIntegerOps(plan, calibration_of(qparams, config, rounding))(canon.mod)
+    return RealizeIntegerOps(plan, calibration_of(canon, qparams, config, rounding))(canon.mod)
 
 
-def calibration_of(qparams: dict[str, QParams], config: BuildConfig, rounding: WeightRounding | None) -> Calibration:
-    """What realize takes from this build's calibration (its --bias-correction setting included)."""
-    return Calibration(qparams, config.bias_correction, rounding)
+def calibration_of(
+    canon: Canonical, qparams: dict[str, QParams], config: BuildConfig, rounding: WeightRounding | None
+) -> Calibration:
+    """What realize takes from this build's calibration (its --bias-correction setting included), and a
+    pre-quantized model's weight scales."""
+    graph = canon.model.graph_quant
+    weights = {} if graph is None else {k: np.asarray(v, np.float64) for k, v in graph.weights.items()}
+    return Calibration(qparams, config.bias_correction, rounding, weights)
 
 
 def build(
@@ -352,6 +367,7 @@ def compile_and_write(
         extra_json={**(extra_json or {}), KERNELS_FILE: {"kernels": schedules.pop("inventory")}},
         rounding=_used_offsets(result),
         integer_weights=weight_storage(canon.mod, result.plan),
+        pre_quantized=graph_summary(canon, result.plan, result.qparams),
     )
     result.timings["package"] = round(time.perf_counter() - t, 3)
 

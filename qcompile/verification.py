@@ -88,6 +88,9 @@ def verify(
     check_labels(data.labels, artifact.manifest["outputs"][0]["shape"], data_path)
     runner = Runner(artifact)
     session = onnxruntime_session(model.proto.SerializeToString())
+    # a pre-quantized model: its float graph is the reference, the QDQ model as given a second one
+    qdq = onnxruntime_session(model.path) if model.graph_quant is not None else None
+    qdq_out: list[list[np.ndarray]] = [[] for _ in artifact.output_names]
     limit = None if max_samples is None else max(1, max_samples // data.batch)
     count = data.num_batches if limit is None else min(limit, data.num_batches)
     ref: list[list[np.ndarray]] = [[] for _ in artifact.output_names]
@@ -104,6 +107,10 @@ def verify(
         for i in range(len(ref)):
             ref[i].append(np.asarray(r[i]))
             test[i].append(q[i])
+        if qdq is not None:
+            feeds = {**{k: v for k, v in model.fixed_inputs.items()}, **batch}
+            for i, value in enumerate(qdq.run(list(artifact.output_names), feeds)):
+                qdq_out[i].append(np.asarray(value))
     labels = data.labels[: count * data.batch] if data.labels is not None else None
     report = artifact.read_json("report.json")
     metrics: dict = {
@@ -122,6 +129,8 @@ def verify(
         metrics["outputs"][name] = output_metrics(r_all, q_all)
         if r_all.ndim == 2 and r_all.shape[1] > 1 and not _is_embedding(r_all):
             metrics["outputs"][name].update(classification_metrics(r_all, q_all, labels))
+    if qdq is not None:
+        metrics["vs_qdq_model"] = _agreement(artifact.output_names, qdq_out, test)
     ref_all = [np.concatenate(r) for r in ref]
     test_all = [np.concatenate(q) for q in test]
     if task is None:
@@ -149,3 +158,14 @@ def verify(
         if not metrics["passed"]:
             raise VerificationFailed(f"top-1 drop {drop:.2f} points exceeds --max-top1-drop {max_top1_drop}", metrics)
     return metrics
+
+
+def _agreement(names, refs: list[list[np.ndarray]], tests: list[list[np.ndarray]]) -> dict:
+    """Per output: SQNR / cosine (and top-1 agreement for logits) of the library against a reference."""
+    out = {}
+    for name, r_list, q_list in zip(names, refs, tests):
+        r_all, q_all = np.concatenate(r_list), np.concatenate(q_list)
+        out[name] = output_metrics(r_all, q_all)
+        if r_all.ndim == 2 and r_all.shape[1] > 1 and not _is_embedding(r_all):
+            out[name]["top1_agreement"] = classification_metrics(r_all, q_all, None)["top1_agreement"]
+    return out

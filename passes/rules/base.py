@@ -5,6 +5,7 @@ Adding an op means one file in this folder with one `@op_rule("relax.<op>")` cla
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -91,6 +92,7 @@ class RealizeContext(Protocol):
 
     bb: relax.BlockBuilder
     rounding: WeightRounding | None  # how weights round to integers (None: to nearest)
+    weight_scales: Mapping[str, np.ndarray]  # layer -> per-channel weight scales a QDQ model carries
 
     def quantized(self, var: relax.Var) -> QTensor: ...
 

@@ -21,6 +21,21 @@ from qcompile.passes.rules.fixed_point import bits_needed
 from qcompile.passes.scheme import WEIGHT_INT8, QuantSpec, accumulator
 
 
+def graph_weight(weight: np.ndarray, axis: int, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """A pre-quantized model's int8 weights (its float weight is scale x integer, per output channel
+    along `axis`), or None when the weight is no longer that (a batch norm folded into it, another
+    channel count): it is then quantized like any float weight."""
+    if scale.shape != (weight.shape[axis],) or not np.all(scale > 0):
+        return None
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    q = weight.astype(np.float64) / scale.reshape(shape)
+    rounded = np.round(q)
+    if np.abs(q - rounded).max(initial=0.0) > 1e-3 or rounded.min(initial=0) < -128 or rounded.max(initial=0) > 127:
+        return None
+    return rounded.astype(np.int8), scale.astype(np.float64)
+
+
 def quantize_weight(
     weight: np.ndarray, axis: int, min_scale: np.ndarray | float = 0.0, spec: QuantSpec = WEIGHT_INT8
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -204,14 +219,19 @@ class LinearRule(_Dynamic):
         acc_dtype = accumulator(ctx.site_spec(call.args[0]), w_spec)
         bias_limit = 2.0**40 if acc_dtype == "int64" else 2.0**29  # headroom for the products' sum
         min_scale = np.abs(bias) / (x.qparams.scale * bias_limit)
-        wq, w_scale = quantize_weight(weight, self.weight_axis, min_scale, w_spec)
-        if ctx.rounding is not None:
+        graph_scale = ctx.weight_scales.get(plan.layer or "") if divisor is None and w_spec.bits == 8 else None
+        given = None if graph_scale is None else graph_weight(weight, self.weight_axis, graph_scale)
+        if given is not None:  # a pre-quantized model's integers and scales, exactly as trained
+            wq, w_scale = given
+        else:
+            wq, w_scale = quantize_weight(weight, self.weight_axis, min_scale, w_spec)
+        if ctx.rounding is not None and given is None:
             groups = self.row_groups(call, channels)
             taps = self.rows(weight).shape[1] // (len(divisor) if divisor is not None else 1)
             input_scale = None if divisor is None else np.repeat(divisor, taps)
             rows = ctx.rounding.round(plan.var, self.rows(weight), w_scale, groups, w_spec.qmax, input_scale)
             wq = self.from_rows(rows, weight.shape).astype(w_spec.storage)
-        mean = ctx.input_mean(call.args[0])
+        mean = ctx.input_mean(call.args[0]) if given is None else None
         if mean is not None:
             if divisor is not None:
                 mean = mean / divisor  # the smoothed input's mean

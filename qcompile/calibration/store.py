@@ -25,6 +25,7 @@ def qparams_to_json(qparams: dict[str, QParams], model_sha256: str, method: str)
                 "dtype": v.dtype,
                 "channel_mean": v.channel_mean,
                 **({"divisor": list(v.divisor)} if v.divisor is not None else {}),
+                "source": v.source,
             }
             for k, v in sorted(qparams.items())
         },
@@ -50,6 +51,7 @@ def load_qparams(path: str | Path, model_sha256: str, plan: QuantPlan) -> dict[s
                 str(v["dtype"]),
                 _means(v.get("channel_mean")),
                 _means(v.get("divisor")),
+                str(v.get("source", "calibration")),
             )
             for k, v in doc["sites"].items()
         }

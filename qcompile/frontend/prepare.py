@@ -1,4 +1,5 @@
-"""Specialise a shipped ONNX model to the shapes (and fixed input values) it will be built for, then fold.
+"""Specialise a shipped ONNX model to the shapes (and fixed input values) it will be built for, read a
+pre-quantized model's Q/DQ pairs into data (qcompile.frontend.qdq), then fold.
 
 The result is the graph qcompile compiles *and* the float reference `verify` runs in onnxruntime, so its
 sha256 goes into the manifest: verify prepares the model again and refuses a different graph."""
@@ -14,6 +15,7 @@ import onnx
 
 from qcompile.frontend.fold import FoldReport, fold
 from qcompile.frontend.graph import tensor
+from qcompile.frontend.qdq import GraphQuant, strip_qdq
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class Prepared:
     proto: onnx.ModelProto
     sha256: str
     report: FoldReport
+    graph_quant: GraphQuant | None = None  # a pre-quantized (QDQ) model's own scales, its pairs stripped
 
 
 def prepare(proto: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], fixed: Mapping[str, np.ndarray]) -> Prepared:
@@ -43,6 +46,7 @@ def prepare(proto: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], fixed
     if len(kept) != len(graph.input):
         del graph.input[:]
         graph.input.extend(kept)
+    graph_quant = strip_qdq(model)  # before folding: folding would turn quantized weights into plain floats
     report = fold(model)
     digest = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
-    return Prepared(model, digest, report)
+    return Prepared(model, digest, report, graph_quant)
