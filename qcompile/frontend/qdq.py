@@ -110,17 +110,23 @@ def _params(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> tuple[np.nda
     return scale, zp, dtype, _attr(node, "axis", 1)
 
 
+def _broadcast_shape(node: onnx.NodeProto, scale: np.ndarray, axis: int, value: np.ndarray) -> list[int]:
+    """The shape the node's scales broadcast to against `value`: all ones, or -1 along a fitting axis."""
+    shape = [1] * value.ndim
+    if scale.size > 1:
+        axis = axis % max(value.ndim, 1)
+        if value.ndim == 0 or value.shape[axis] != scale.size:
+            raise UnsupportedModelError(
+                f"{node.op_type} {_name(node)!r}: {scale.size} scales along axis {axis} of a {list(value.shape)} tensor"
+            )
+        shape[axis] = -1
+    return shape
+
+
 def _dequantized(node: onnx.NodeProto, q: np.ndarray, consts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The float value of a DequantizeLinear of the constant `q`, and its scales along the axis."""
     scale, zp, _, axis = _params(node, consts)
-    shape = [1] * q.ndim
-    if scale.size > 1:
-        axis = axis % max(q.ndim, 1)
-        if q.ndim == 0 or q.shape[axis] != scale.size:
-            raise UnsupportedModelError(
-                f"DequantizeLinear {_name(node)!r}: {scale.size} scales along axis {axis} of a {list(q.shape)} tensor"
-            )
-        shape[axis] = -1
+    shape = _broadcast_shape(node, scale, axis, q)
     real = (q.astype(np.float64) - zp.reshape(shape)) * scale.reshape(shape)
     return real.astype(np.float32), scale
 
@@ -128,14 +134,7 @@ def _dequantized(node: onnx.NodeProto, q: np.ndarray, consts: dict[str, np.ndarr
 def _quantized(node: onnx.NodeProto, value: np.ndarray, consts: dict[str, np.ndarray]) -> np.ndarray:
     """QuantizeLinear of a constant, as ONNX computes it: round half to even, saturate."""
     scale, zp, dtype, axis = _params(node, consts)
-    shape = [1] * value.ndim
-    if scale.size > 1:
-        axis = axis % max(value.ndim, 1)
-        if value.ndim == 0 or value.shape[axis] != scale.size:
-            raise UnsupportedModelError(
-                f"QuantizeLinear {_name(node)!r}: {scale.size} scales along axis {axis} of a {list(value.shape)} tensor"
-            )
-        shape[axis] = -1
+    shape = _broadcast_shape(node, scale, axis, value)
     q = np.rint(value.astype(np.float64) / scale.reshape(shape)) + zp.reshape(shape)
     lo, hi = INT_RANGES[dtype]
     return np.clip(q, lo, hi).astype(dtype)
