@@ -22,11 +22,13 @@ def test_mixed_precision_runs(capsys):
     assert "rank 1:" in out and "manual mix:" in out and "search: float layers" in out
 
 
-def test_quantization_aware_training_runs(capsys):
+def test_quantization_aware_training_runs(capsys, monkeypatch):
     """QAT from the float weights, exported as QDQ and compiled with the trained scales: the issue's bars
     (int8 within 0.3 points of fp32, 4-bit weights within 1 point) on the 2000 held-out images."""
     import re
+    import sys
 
+    monkeypatch.setattr(sys, "argv", ["04_quantization_aware_training.py"])  # its options, not pytest's
     runpy.run_path(str(TUTORIALS / "04_quantization_aware_training.py"), run_name="__main__")
     out = capsys.readouterr().out
     rows = re.findall(r"^  (\S.*?)\s+top-1\s+\S+%\s+\(([-+]\d+\.\d+) points", out, re.M)
