@@ -108,14 +108,14 @@ def verify(
             ref[i].append(np.asarray(r[i]))
             test[i].append(q[i])
         if qdq is not None:
-            feeds = {**{k: v for k, v in model.fixed_inputs.items()}, **batch}
+            feeds = {**model.fixed_inputs, **batch}
             for i, value in enumerate(qdq.run(list(artifact.output_names), feeds)):
                 qdq_out[i].append(np.asarray(value))
     labels = data.labels[: count * data.batch] if data.labels is not None else None
     report = artifact.read_json("report.json")
     metrics: dict = {
         "samples": count * data.batch,
-        "outputs": {},
+        "outputs": _scores(artifact.output_names, ref, test, labels),
         "weights_fp32_bytes": report["weights_fp32_bytes"],
         "library_bytes": report["library_bytes"],
         "library_to_fp32_weights": report["library_to_fp32_weights"],
@@ -124,13 +124,8 @@ def verify(
         "latency_ms_fp32_onnxruntime": round(1e3 * float(np.median(t_ref)) / data.batch, 3),
         "latency_ms_int8_qcompile": round(1e3 * float(np.median(t_test)) / data.batch, 3),
     }
-    for name, r_list, q_list in zip(artifact.output_names, ref, test):
-        r_all, q_all = np.concatenate(r_list), np.concatenate(q_list)
-        metrics["outputs"][name] = output_metrics(r_all, q_all)
-        if r_all.ndim == 2 and r_all.shape[1] > 1 and not _is_embedding(r_all):
-            metrics["outputs"][name].update(classification_metrics(r_all, q_all, labels))
     if qdq is not None:
-        metrics["vs_qdq_model"] = _agreement(artifact.output_names, qdq_out, test)
+        metrics["vs_qdq_model"] = _scores(artifact.output_names, qdq_out, test, None)
     ref_all = [np.concatenate(r) for r in ref]
     test_all = [np.concatenate(q) for q in test]
     if task is None:
@@ -160,12 +155,13 @@ def verify(
     return metrics
 
 
-def _agreement(names, refs: list[list[np.ndarray]], tests: list[list[np.ndarray]]) -> dict:
-    """Per output: SQNR / cosine (and top-1 agreement for logits) of the library against a reference."""
+def _scores(names, refs: list[list[np.ndarray]], tests: list[list[np.ndarray]], labels) -> dict:
+    """Per output: MSE / SQNR / cosine of the library against a reference, and for logits the top-1/5
+    agreement (and accuracies, with labels)."""
     out = {}
     for name, r_list, q_list in zip(names, refs, tests):
         r_all, q_all = np.concatenate(r_list), np.concatenate(q_list)
         out[name] = output_metrics(r_all, q_all)
         if r_all.ndim == 2 and r_all.shape[1] > 1 and not _is_embedding(r_all):
-            out[name]["top1_agreement"] = classification_metrics(r_all, q_all, None)["top1_agreement"]
+            out[name].update(classification_metrics(r_all, q_all, labels))
     return out

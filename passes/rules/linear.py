@@ -5,6 +5,7 @@ fused relu/clip as its clamp."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -34,6 +35,24 @@ def graph_weight(weight: np.ndarray, axis: int, scale: np.ndarray) -> tuple[np.n
     if np.abs(q - rounded).max(initial=0.0) > 1e-3 or rounded.min(initial=0) < -128 or rounded.max(initial=0) > 127:
         return None
     return rounded.astype(np.int8), scale.astype(np.float64)
+
+
+def graph_integers(
+    weight_scales: Mapping[str, np.ndarray],
+    layer: str | None,
+    weight: np.ndarray,
+    axis: int,
+    spec: QuantSpec,
+    smoothed: bool,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The integers and scales a pre-quantized model gives `layer`'s weight, or None where the build
+    quantizes it itself: no scales in the graph, a smoothed input (its divisors change the weight), a
+    scheme other than 8 bits, or a weight that is no longer scale x integer (graph_weight). Realize and
+    the build's report both ask here."""
+    scale = weight_scales.get(layer or "")
+    if scale is None or smoothed or spec.bits != 8:
+        return None
+    return graph_weight(weight, axis, np.asarray(scale, np.float64))
 
 
 def quantize_weight(
@@ -219,8 +238,7 @@ class LinearRule(_Dynamic):
         acc_dtype = accumulator(ctx.site_spec(call.args[0]), w_spec)
         bias_limit = 2.0**40 if acc_dtype == "int64" else 2.0**29  # headroom for the products' sum
         min_scale = np.abs(bias) / (x.qparams.scale * bias_limit)
-        graph_scale = ctx.weight_scales.get(plan.layer or "") if divisor is None and w_spec.bits == 8 else None
-        given = None if graph_scale is None else graph_weight(weight, self.weight_axis, graph_scale)
+        given = graph_integers(ctx.weight_scales, plan.layer, weight, self.weight_axis, w_spec, divisor is not None)
         if given is not None:  # a pre-quantized model's integers and scales, exactly as trained
             wq, w_scale = given
         else:

@@ -130,8 +130,9 @@ def graph_summary(canon, plan: QuantPlan, qparams: Mapping[str, QParams]) -> dic
     """report.json's account of a pre-quantized model: what was stripped, which sites took the graph's
     scales and which were calibrated, which layers kept the graph's integer weights (and which were
     quantized again, e.g. with a batch norm folded into them)."""
-    from qcompile.passes.rewrite import const_value, main_bindings, op_name
-    from qcompile.passes.rules.linear import graph_weight
+    from qcompile.passes.rewrite import const_value, main_bindings
+    from qcompile.passes.rules import OP_RULES
+    from qcompile.passes.rules.linear import LinearRule, graph_integers
 
     graph = canon.model.graph_quant
     if graph is None:
@@ -139,12 +140,13 @@ def graph_summary(canon, plan: QuantPlan, qparams: Mapping[str, QParams]) -> dic
     calls = {b.var.name: b.value for b in main_bindings(canon.mod["main"])}
     kept, requantized = [], []
     for op in plan.ops:
-        if op.layer is None or op.layer not in graph.weights or op.weight is None or op.var not in calls:
+        rule = OP_RULES.get(op.rule)
+        if op.layer not in graph.weights or op.weight is None or not isinstance(rule, LinearRule):
             continue
-        call = calls[op.var]
-        weight = const_value(call.args[1])
-        axis = 0 if op_name(call) == "relax.nn.conv2d" else weight.ndim - 1
-        exact = graph_weight(weight, axis, np.asarray(graph.weights[op.layer], np.float64))
+        site = qparams.get(plan.site_of(op.inputs[0]))
+        smoothed = site is not None and site.divisor is not None
+        weight = const_value(calls[op.var].args[1])
+        exact = graph_integers(graph.weights, op.layer, weight, rule.weight_axis, op.weight, smoothed)
         (kept if exact is not None else requantized).append(op.layer)
     sources = [qp.source for site, qp in qparams.items() if site in plan.sites]
     return {

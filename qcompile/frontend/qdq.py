@@ -9,8 +9,9 @@ quantize again on top. Instead this pass, run on the ONNX graph before folding:
   remembering each conv / matmul layer's per-channel weight scales;
 - removes every QuantizeLinear -> DequantizeLinear pair on an activation, remembering its scale and
   zero point under the name of the float tensor that now flows in its place. Where the pair's range
-  starts at exactly 0 (zero point = the type's minimum) it clamps negative values away, and onnxruntime's
-  quantizer relies on that instead of a Relu: the float graph gets that Relu back.
+  starts at exactly 0 (zero point = the type's minimum) it clamps to [0, its top level], and onnxruntime's
+  quantizer relies on that instead of a Relu or a Clip(0, 6) it removed: the float graph gets that clamp
+  back as a Clip.
 
 The stripped graph is what qcompile compiles and what `verify` runs as the float reference. The
 recorded scales become the sites' quantization parameters (`qcompile.calibration.graph`), so the
