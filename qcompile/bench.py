@@ -43,9 +43,10 @@ class Row:
         return float(np.percentile(self.times_ms, 10))
 
 
-def ort_int8_model(model: Path, calib: dict[str, np.ndarray], output: Path) -> Path:
-    """onnxruntime's own static int8 quantization of `model` (QDQ, uint8 activations, per-channel int8
-    weights, MinMax ranges) from the same calibration samples: the baseline an onnxruntime user has."""
+def ort_int8_model(model: Path, calib: dict[str, np.ndarray], output: Path, quant_format=None) -> Path:
+    """onnxruntime's own static int8 quantization of `model` (QDQ unless `quant_format` says QOperator,
+    uint8 activations, per-channel int8 weights, MinMax ranges) from the same calibration samples: the
+    baseline an onnxruntime user has."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -64,7 +65,7 @@ def ort_int8_model(model: Path, calib: dict[str, np.ndarray], output: Path) -> P
             str(model),
             str(output),
             Reader(),
-            quant_format=QuantFormat.QDQ,
+            quant_format=QuantFormat.QDQ if quant_format is None else quant_format,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,

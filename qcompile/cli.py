@@ -279,7 +279,8 @@ def _format_metrics(m: dict) -> str:
     for name, out in m["outputs"].items():
         lines.append(f"output {name}: " + ", ".join(f"{k}={v}" for k, v in out.items()))
     for name, out in m.get("vs_qdq_model", {}).items():  # a pre-quantized model's second reference
-        lines.append(f"output {name} vs the QDQ model in onnxruntime: " + ", ".join(f"{k}={v}" for k, v in out.items()))
+        scores = ", ".join(f"{k}={v}" for k, v in out.items())
+        lines.append(f"output {name} vs the pre-quantized model itself in onnxruntime: {scores}")
     lines.append(
         f"size: library {m['library_bytes'] / 1e6:.2f} MB, whole artifact {m['artifact_bytes'] / 1e6:.2f} MB "
         f"({100 * m['artifact_to_fp32_weights']:.1f}% of the fp32 weights, {m['weights_fp32_bytes'] / 1e6:.2f} MB)"

@@ -71,7 +71,8 @@ def inspect_model(
 
 def _pre_quantized(graph) -> dict:
     doc = graph.to_json()
-    return {k: doc[k] for k in ("activation_pairs", "dequantized_constants", "clamps_restored")} | {
+    counts = ("activation_pairs", "dequantized_constants", "clamps_restored", "qoperators_rewritten")
+    return {k: doc[k] for k in counts} | {
         "activation_scales": len(graph.activations),
         "layers_with_weight_scales": len(graph.weights),
     }
@@ -101,8 +102,10 @@ def format_inspection(info: dict) -> str:
     lines.append("integer ops after realize: " + ", ".join(f"{k} x{v}" for k, v in info["integer_ops"].items()))
     if "pre_quantized" in info:
         pq = info["pre_quantized"]
+        rewritten = pq["qoperators_rewritten"]
+        form = f"QOperator: {rewritten} integer ops read as Q/DQ" if rewritten else "QDQ"
         lines.append(
-            f"pre-quantized (QDQ): {pq['activation_pairs']} activation pairs ({pq['activation_scales']} scales), "
+            f"pre-quantized ({form}): {pq['activation_pairs']} activation pairs ({pq['activation_scales']} scales), "
             f"{pq['dequantized_constants']} quantized constants, {pq['layers_with_weight_scales']} layers with "
             f"weight scales, {pq['clamps_restored']} clamps restored; the layers list shows 'scales' where "
             "the graph gives a layer's weights"

@@ -1,5 +1,6 @@
 """Specialise a shipped ONNX model to the shapes (and fixed input values) it will be built for, read a
-pre-quantized model's Q/DQ pairs into data (qcompile.frontend.qdq), then fold.
+pre-quantized model's Q/DQ pairs (or its QOperator nodes, rewritten to them: qcompile.frontend.qoperator)
+into data (qcompile.frontend.qdq), then fold.
 
 The result is the graph qcompile compiles *and* the float reference `verify` runs in onnxruntime, so its
 sha256 goes into the manifest: verify prepares the model again and refuses a different graph."""
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -16,6 +17,7 @@ import onnx
 from qcompile.frontend.fold import FoldReport, fold
 from qcompile.frontend.graph import tensor
 from qcompile.frontend.qdq import GraphQuant, strip_qdq
+from qcompile.frontend.qoperator import qoperator_to_qdq
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,10 @@ def prepare(proto: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], fixed
     if len(kept) != len(graph.input):
         del graph.input[:]
         graph.input.extend(kept)
+    qoperators = qoperator_to_qdq(model)  # QLinearConv & co. as the Q/DQ pairs they mean
     graph_quant = strip_qdq(model)  # before folding: folding would turn quantized weights into plain floats
+    if graph_quant is not None and qoperators:
+        graph_quant = replace(graph_quant, qoperators=qoperators)
     report = fold(model)
     digest = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     return Prepared(model, digest, report, graph_quant)

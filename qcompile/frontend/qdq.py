@@ -57,12 +57,14 @@ class GraphQuant:
     pairs: int = 0  # activation Q -> DQ pairs removed
     constants: int = 0  # DequantizeLinear of constants turned into float initializers
     clamps: int = 0  # Clips put back where a pair's range started at 0
+    qoperators: int = 0  # integer operators (QLinearConv, ...) first rewritten to Q/DQ (frontend.qoperator)
 
     def to_json(self) -> dict:
         return {
             "activation_pairs": self.pairs,
             "dequantized_constants": self.constants,
             "clamps_restored": self.clamps,
+            "qoperators_rewritten": self.qoperators,
             "activations": {k: v.to_json() for k, v in self.activations.items()},
             "weights": {k: list(v) for k, v in self.weights.items()},
             "weight_dtypes": dict(self.weight_dtypes),

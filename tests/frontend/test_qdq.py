@@ -130,10 +130,10 @@ def test_fashion_qdq_builds_without_calibration_and_agrees_with_onnxruntime(fash
     # the int8 weights are counted as weights, not as extra bytes on top of fp32 ones
     assert json.loads((out / "report.json").read_text())["library_to_fp32_weights"] < 0.6
 
-    # verify: the stripped float graph is the reference, the QDQ model in onnxruntime a second one
+    # verify: the stripped float graph is the reference, the QDQ model itself in onnxruntime a second one
     assert main(["verify", str(out), "--model", str(fashion_qdq), "--data", str(fashion["test"])]) == 0
     printed = capsys.readouterr().out
-    assert "vs the QDQ model in onnxruntime" in printed
+    assert "vs the pre-quantized model itself in onnxruntime" in printed
     metrics = api.verify(out, fashion_qdq, fashion["test"])
     vs_qdq = metrics["vs_qdq_model"]["logits"]
     assert metrics["samples"] == 2000

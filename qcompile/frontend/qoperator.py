@@ -1,0 +1,207 @@
+"""Pre-quantized models in QOperator form, rewritten to the QDQ form `qcompile.frontend.qdq` reads.
+
+onnxruntime's `quantize_static(quant_format=QOperator)`, and many int8 models shipped as ONNX, compute with
+integer operators that carry their scales as inputs: `QLinearConv`, `QLinearMatMul`, and onnxruntime's
+`com.microsoft` `QGemm`, `QLinearAdd`, `QLinearMul`, `QLinearGlobalAveragePool`, `QLinearAveragePool`,
+`QLinearConcat`, `QLinearSigmoid`, `QLinearLeakyRelu`; between them, shape and pooling ops (MaxPool,
+Reshape, Flatten, ...) run on the integer tensors directly. TVM's ONNX frontend imports none of the
+QLinear operators.
+
+Each such operator says exactly what it computes: dequantize its inputs, run the float operator, quantize
+the result with the output's scale. This pass writes it that way, as standard ONNX: DequantizeLinear of
+every integer input (weights and int32 biases included, the bias at scale input_scale * weight_scale),
+the float operator under the QLinear node's own name, QuantizeLinear of the output. An op that only
+moves or selects integer values (MaxPool, Reshape, ...) commutes with dequantization, so it becomes
+DequantizeLinear -> op -> QuantizeLinear at its input's scale, exactly. The result is a QDQ graph with
+the same scales and integer weights, which the QDQ pass then reads like any other. An integer operator
+this pass does not know stays an error naming the node, never a silently different model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from qcompile.errors import UnsupportedModelError
+from qcompile.frontend.graph import graph_constants, tensor
+
+MS = "com.microsoft"
+# Ops that move, select or reorder values: on integer tensors they commute with dequantization (a max of
+# dequantized values is the dequantized max), so their output keeps the input's scale and zero point.
+VALUE_PRESERVING = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+VALUE_PRESERVING += ("Slice", "Gather", "Expand", "Tile", "SpaceToDepth", "DepthToSpace")
+# onnxruntime's dynamic quantization: scales computed at run time, which the QDQ reading cannot take.
+DYNAMIC = ("DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul")
+
+
+def _name(node: onnx.NodeProto) -> str:
+    return node.name or node.output[0]
+
+
+def _float_op(node: onnx.NodeProto) -> tuple[str, list[int], list[onnx.AttributeProto], int | None] | None:
+    """For a QLinear operator: (float op, indices of its (value, scale, zero point) input triples, the
+    attributes the float op keeps, index of the output's scale or None for a float output). None when
+    `node` is not one."""
+    op, domain = node.op_type, node.domain
+    attrs = list(node.attribute)
+    if domain in ("", "ai.onnx"):
+        if op == "QLinearConv":
+            return "Conv", [0, 3], attrs, 6
+        if op == "QLinearMatMul":
+            return "MatMul", [0, 3], attrs, 6
+        return None
+    if domain != MS:
+        return None
+    if op == "QGemm":
+        return "Gemm", [0, 3], attrs, 7
+    if op in ("QLinearAdd", "QLinearMul"):
+        return op[len("QLinear") :], [0, 3], attrs, 6
+    if op in ("QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool"):
+        if op == "QLinearGlobalAveragePool" or op == "QLinearAveragePool":
+            if any(a.name == "channels_last" and a.i for a in attrs):
+                raise UnsupportedModelError(f"{op} {_name(node)!r}: channels_last pooling is not supported")
+            attrs = [a for a in attrs if a.name != "channels_last"]
+        return op[len("QLinear") :], [0], attrs, 3
+    if op == "QLinearConcat":  # Y_scale, Y_zero_point, then (X, X_scale, X_zero_point) per input
+        return "Concat", list(range(2, len(node.input), 3)), attrs, 0
+    return None
+
+
+def is_qoperator(graph: onnx.GraphProto) -> bool:
+    return any(_float_op(n) is not None or n.op_type in DYNAMIC for n in graph.node)
+
+
+class _Rewriter:
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.consts = graph_constants(graph)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.quant: dict[str, tuple[str, str]] = {}  # integer tensor -> (scale, zero point) names
+        self.taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer}
+        self.taken |= {i.name for i in graph.input}
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        return name
+
+    def const(self, base: str, value: np.ndarray) -> str:
+        name = self.fresh(base)
+        self.inits.append(tensor(name, value))
+        self.consts[name] = value
+        return name
+
+    def dequantize(self, value: str, scale: str, zero_point: str, where: str, axis: int | None = None) -> str:
+        out = self.fresh(f"{value}_dq")
+        inputs = [value, scale] + ([zero_point] if zero_point else [])
+        extra = {"axis": axis} if axis is not None else {}
+        name = f"{where}/dq_{len(self.nodes)}"
+        self.nodes.append(helper.make_node("DequantizeLinear", inputs, [out], name=name, **extra))
+        return out
+
+    def quantize(self, value: str, scale: str, zero_point: str, out: str, where: str) -> None:
+        inputs = [value, scale] + ([zero_point] if zero_point else [])
+        self.nodes.append(helper.make_node("QuantizeLinear", inputs, [out], name=f"{where}/q"))
+        self.quant[out] = (scale, zero_point)
+
+    def weight_axis(self, node: onnx.NodeProto, scale: str, weight: str) -> int | None:
+        """The axis a per-channel weight scale runs along (the layer's output channels), None per tensor."""
+        s = self.consts.get(scale)
+        if s is None or np.asarray(s).size <= 1:
+            return None
+        w = self.consts.get(weight)
+        if w is None:
+            raise UnsupportedModelError(f"{node.op_type} {_name(node)!r}: a per-channel scale on a computed weight")
+        if node.op_type == "QLinearConv":
+            return 0
+        if node.op_type == "QGemm":
+            return 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
+        if node.op_type == "QLinearMatMul":
+            return np.asarray(w).ndim - 1  # per column of b
+        raise UnsupportedModelError(f"{node.op_type} {_name(node)!r}: per-channel scales on its second input")
+
+    def rewrite(self, node: onnx.NodeProto) -> bool:
+        """Append `node`'s rewriting; True when it was an integer operator."""
+        spec = _float_op(node)
+        where = _name(node)
+        if spec is None:
+            if node.op_type in DYNAMIC:
+                raise UnsupportedModelError(
+                    f"{node.op_type} {where!r}: dynamic quantization (scales computed at run time, as onnxruntime's "
+                    "quantize_dynamic writes) is not read from the graph; build the float model with "
+                    "--activations dynamic instead"
+                )
+            ints = [i for i in node.input if i in self.quant]
+            if ints and node.op_type in VALUE_PRESERVING and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+                scale, zp = self.quant[ints[0]]
+                renamed = onnx.NodeProto()
+                renamed.CopyFrom(node)
+                renamed.input[0] = self.dequantize(node.input[0], scale, zp, where)
+                flowing = self.fresh(f"{node.output[0]}_f")
+                renamed.output[0] = flowing
+                self.nodes.append(renamed)
+                self.quantize(flowing, scale, zp, node.output[0], where)
+                return True
+            if ints and node.op_type not in ("DequantizeLinear",):
+                raise UnsupportedModelError(
+                    f"{node.op_type} {where!r} reads the integer tensor {ints[0]!r}: not supported on quantized values"
+                )
+            self.nodes.append(node)
+            if node.op_type == "QuantizeLinear" and len(node.input) >= 2:
+                self.quant[node.output[0]] = (node.input[1], node.input[2] if len(node.input) > 2 else "")
+            return False
+        op, triples, attrs, out_scale = spec
+        params = [i + k for i in triples for k in (1, 2)]
+        params += [out_scale, out_scale + 1] if out_scale is not None else []
+        for index in params:
+            if len(node.input) > index and node.input[index] and node.input[index] not in self.consts:
+                raise UnsupportedModelError(
+                    f"{node.op_type} {where!r}: its scale or zero point {node.input[index]!r} is computed at run time"
+                )
+        floats = []
+        for index in triples:
+            value, scale, zp = node.input[index], node.input[index + 1], node.input[index + 2]
+            axis = self.weight_axis(node, scale, value) if index == 3 else None
+            floats.append(self.dequantize(value, scale, zp, where, axis))
+        bias_at = {"QLinearConv": 8, "QGemm": 6}.get(node.op_type)
+        if bias_at is not None and len(node.input) > bias_at and node.input[bias_at]:
+            floats.append(self.bias(node, node.input[bias_at], where))
+        if op == "Gemm" and any(a.name == "alpha" and abs(a.f - 1.0) > 0 for a in attrs):
+            raise UnsupportedModelError(f"QGemm {where!r}: alpha other than 1 is not supported")
+        output = node.output[0]
+        has_out = out_scale is not None and len(node.input) > out_scale and node.input[out_scale]
+        flowing = self.fresh(f"{output}_f") if has_out else output
+        self.nodes.append(helper.make_node(op, floats, [flowing], name=where))
+        self.nodes[-1].attribute.extend(attrs)
+        if has_out:
+            zp = node.input[out_scale + 1] if len(node.input) > out_scale + 1 else ""
+            self.quantize(flowing, node.input[out_scale], zp, output, where)
+        return True
+
+    def bias(self, node: onnx.NodeProto, bias: str, where: str) -> str:
+        """An int32 bias at scale input_scale x weight_scale (per channel), zero point 0, dequantized."""
+        if bias not in self.consts:
+            raise UnsupportedModelError(f"{node.op_type} {where!r}: its bias is computed at run time")
+        x_scale = np.asarray(self.consts[node.input[1]], np.float32).reshape(-1)
+        w_scale = np.asarray(self.consts[node.input[4]], np.float32).reshape(-1)
+        scale = (x_scale * w_scale).astype(np.float32)
+        name = self.const(f"{bias}_scale", scale if scale.size > 1 else scale.reshape(()))
+        return self.dequantize(bias, name, "", where, 0 if scale.size > 1 else None)
+
+
+def qoperator_to_qdq(model: onnx.ModelProto) -> int:
+    """Rewrite `model`'s QOperator nodes (in place) to DequantizeLinear -> float op -> QuantizeLinear.
+    Returns how many integer operators were rewritten (0: nothing changed)."""
+    graph = model.graph
+    if not is_qoperator(graph):
+        return 0
+    rewriter = _Rewriter(graph)
+    count = sum(rewriter.rewrite(node) for node in list(graph.node))
+    del graph.node[:]
+    graph.node.extend(rewriter.nodes)
+    graph.initializer.extend(rewriter.inits)
+    return count
