@@ -73,6 +73,7 @@ def _pre_quantized(graph) -> dict:
     doc = graph.to_json()
     counts = ("activation_pairs", "dequantized_constants", "clamps_restored", "qoperators_rewritten")
     return {k: doc[k] for k in counts} | {
+        "dynamic_layers": len(graph.dynamic_layers),
         "activation_scales": len(graph.activations),
         "layers_with_weight_scales": len(graph.weights),
     }
@@ -104,6 +105,8 @@ def format_inspection(info: dict) -> str:
         pq = info["pre_quantized"]
         rewritten = pq["qoperators_rewritten"]
         form = f"QOperator: {rewritten} integer ops read as Q/DQ" if rewritten else "QDQ"
+        if pq["dynamic_layers"]:
+            form += f"; {pq['dynamic_layers']} layers quantize their inputs at run time"
         lines.append(
             f"pre-quantized ({form}): {pq['activation_pairs']} activation pairs ({pq['activation_scales']} scales), "
             f"{pq['dequantized_constants']} quantized constants, {pq['layers_with_weight_scales']} layers with "

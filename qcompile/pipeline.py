@@ -73,6 +73,16 @@ def load_stage(model_path: str | Path, config: BuildConfig) -> OnnxModel:
     return load_onnx(model_path, config.input_shapes, config.fixed_inputs)
 
 
+def graph_activations(config: BuildConfig, model: OnnxModel, no_data: bool) -> BuildConfig:
+    """A dynamically quantized model (onnxruntime's quantize_dynamic: no activation scales in the graph,
+    its layers quantize their inputs at run time) built without calibration data is built that way:
+    --activations dynamic, the graph's integer weights kept. With data the activations are calibrated."""
+    graph = model.graph_quant
+    if graph is None or not graph.dynamic_layers or graph.pairs or not no_data or config.activations == "dynamic":
+        return config
+    return replace(config, activations="dynamic")
+
+
 def canonicalize_stage(model: OnnxModel) -> Canonical:
     mod, layer_of = canonicalize(to_relax(model), model.layer_names())
     return Canonical(model, mod, layer_of)
@@ -299,6 +309,7 @@ def build(
 
     t = time.perf_counter()
     model_obj = load_stage(model, config)
+    config = result.config = graph_activations(config, model_obj, calib is None and qparams is None)
     if dump:
         dump.write("00_import", to_relax(model_obj))
     if done("load", t):

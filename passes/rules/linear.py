@@ -91,8 +91,9 @@ class _Dynamic:
         if plan.bias is not None:
             bias = np.broadcast_to(const_value(ctx.binding(plan.bias).value.args[1]).reshape(-1), (channels,))
         w_spec = plan.weight or WEIGHT_INT8
-        wq, w_scale = quantize_weight(weight, self.weight_axis, 0.0, w_spec)
-        if ctx.rounding is not None:
+        given = graph_integers(ctx.weight_scales, plan.layer, weight, self.weight_axis, w_spec, False)
+        wq, w_scale = given or quantize_weight(weight, self.weight_axis, 0.0, w_spec)
+        if ctx.rounding is not None and given is None:
             rows = ctx.rounding.round(
                 plan.var, self.rows(weight), w_scale, self.row_groups(call, channels), w_spec.qmax
             )

@@ -162,10 +162,16 @@ def graph_summary(canon, plan: QuantPlan, qparams: Mapping[str, QParams]) -> dic
 def summary_line(doc: dict) -> str:
     """What a QDQ model's own scales did in a build, in one line (graph_summary's account)."""
     kept, redone = len(doc["layers_with_graph_weights"]), len(doc["layers_requantized"])
-    line = (
-        f"pre-quantized model: {doc['sites_from_graph']} tensors use the model's own scales, "
-        f"{doc['sites_calibrated']} calibrated; {kept} layers keep its integer weights"
-    )
+    if doc.get("dynamic_layers") and not doc["sites_from_graph"] and not doc["sites_calibrated"]:
+        line = (
+            f"pre-quantized model (dynamic): its {len(doc['dynamic_layers'])} integer layers quantize their inputs "
+            f"at run time, as built here (--activations dynamic); {kept} layers keep its integer weights"
+        )
+    else:
+        line = (
+            f"pre-quantized model: {doc['sites_from_graph']} tensors use the model's own scales, "
+            f"{doc['sites_calibrated']} calibrated; {kept} layers keep its integer weights"
+        )
     if redone:
         line += f", {redone} quantized again (a batch norm folded in, e.g. {doc['layers_requantized'][0]})"
     if doc["graph_scales_unused"] > 0:

@@ -48,10 +48,10 @@ def prepare(proto: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], fixed
     if len(kept) != len(graph.input):
         del graph.input[:]
         graph.input.extend(kept)
-    qoperators = qoperator_to_qdq(model)  # QLinearConv & co. as the Q/DQ pairs they mean
+    qoperators, dynamic = qoperator_to_qdq(model)  # QLinearConv & co. as the Q/DQ pairs they mean
     graph_quant = strip_qdq(model)  # before folding: folding would turn quantized weights into plain floats
     if graph_quant is not None and qoperators:
-        graph_quant = replace(graph_quant, qoperators=qoperators)
+        graph_quant = replace(graph_quant, qoperators=qoperators, dynamic_layers=tuple(dynamic))
     report = fold(model)
     digest = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     return Prepared(model, digest, report, graph_quant)

@@ -58,6 +58,7 @@ class GraphQuant:
     constants: int = 0  # DequantizeLinear of constants turned into float initializers
     clamps: int = 0  # Clips put back where a pair's range started at 0
     qoperators: int = 0  # integer operators (QLinearConv, ...) first rewritten to Q/DQ (frontend.qoperator)
+    dynamic_layers: tuple[str, ...] = ()  # layers the graph quantizes at run time (quantize_dynamic)
 
     def to_json(self) -> dict:
         return {
@@ -65,6 +66,7 @@ class GraphQuant:
             "dequantized_constants": self.constants,
             "clamps_restored": self.clamps,
             "qoperators_rewritten": self.qoperators,
+            "dynamic_layers": list(self.dynamic_layers),
             "activations": {k: v.to_json() for k, v in self.activations.items()},
             "weights": {k: list(v) for k, v in self.weights.items()},
             "weight_dtypes": dict(self.weight_dtypes),

@@ -15,6 +15,12 @@ moves or selects integer values (MaxPool, Reshape, ...) commutes with dequantiza
 DequantizeLinear -> op -> QuantizeLinear at its input's scale, exactly. The result is a QDQ graph with
 the same scales and integer weights, which the QDQ pass then reads like any other. An integer operator
 this pass does not know stays an error naming the node, never a silently different model.
+
+Dynamic quantization (onnxruntime's `quantize_dynamic`) computes activation scales at run time:
+`DynamicQuantizeLinear(x) -> MatMulInteger / ConvInteger(x_q, W_q) -> Cast -> Mul(x_scale * W_scale)`.
+That chain is x @ dequantize(W_q) with x quantized on the fly, so it becomes the float MatMul / Conv of
+x and `DequantizeLinear(W_q)` (the layer keeps the model's integer weights and their scales), and the
+layer is listed as dynamic: its input is quantized at run time by qcompile's own dynamic path.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ MS = "com.microsoft"
 VALUE_PRESERVING = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
 VALUE_PRESERVING += ("Slice", "Gather", "Expand", "Tile", "SpaceToDepth", "DepthToSpace")
 # onnxruntime's dynamic quantization: scales computed at run time, which the QDQ reading cannot take.
-DYNAMIC = ("DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul")
+DYNAMIC = ("DynamicQuantizeLinear", "ConvInteger", "MatMulInteger")
 
 
 def _name(node: onnx.NodeProto) -> str:
@@ -129,11 +135,10 @@ class _Rewriter:
         spec = _float_op(node)
         where = _name(node)
         if spec is None:
-            if node.op_type in DYNAMIC:
+            if node.op_type in DYNAMIC:  # one _dynamic_layers did not take
                 raise UnsupportedModelError(
-                    f"{node.op_type} {where!r}: dynamic quantization (scales computed at run time, as onnxruntime's "
-                    "quantize_dynamic writes) is not read from the graph; build the float model with "
-                    "--activations dynamic instead"
+                    f"{node.op_type} {where!r}: its run-time scales feed something other than the integer "
+                    "matmul / conv chain onnxruntime's quantize_dynamic writes; not supported"
                 )
             ints = [i for i in node.input if i in self.quant]
             if ints and node.op_type in VALUE_PRESERVING and node.domain in ("", "ai.onnx") and len(node.output) == 1:
@@ -193,15 +198,127 @@ class _Rewriter:
         return self.dequantize(bias, name, "", where, 0 if scale.size > 1 else None)
 
 
-def qoperator_to_qdq(model: onnx.ModelProto) -> int:
-    """Rewrite `model`'s QOperator nodes (in place) to DequantizeLinear -> float op -> QuantizeLinear.
-    Returns how many integer operators were rewritten (0: nothing changed)."""
+def _dynamic_layers(graph: onnx.GraphProto) -> list[str]:
+    """Rewrite (in place) each DynamicQuantizeLinear -> MatMulInteger / ConvInteger -> Cast -> Mul chain
+    to the float layer on DequantizeLinear(W_q) (module docstring); returns the layers' names."""
+    consts = graph_constants(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def only_reader(name: str, op: str) -> onnx.NodeProto | None:
+        found = readers.get(name, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op and name not in outputs else None
+
+    outputs = {o.name for o in graph.output}
+    drop: set[int] = set()
+    replaced: dict[int, list[onnx.NodeProto]] = {}
+    layers = []
+    for node in graph.node:
+        if node.op_type not in ("MatMulInteger", "ConvInteger"):
+            continue
+        where = f"{node.op_type} {_name(node)!r}"
+        quant = producer.get(node.input[0])
+        cast = only_reader(node.output[0], "Cast")
+        mul = only_reader(cast.output[0], "Mul") if cast is not None else None
+        scale = None
+        if mul is not None:
+            scale = producer.get(mul.input[1] if mul.input[0] == cast.output[0] else mul.input[0])
+        pattern = (
+            quant is not None
+            and quant.op_type == "DynamicQuantizeLinear"
+            and node.input[1] in consts
+            and (len(node.input) < 3 or not node.input[2] or node.input[2] == quant.output[2])
+            and (len(node.input) < 4 or not node.input[3] or node.input[3] in consts)
+            and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in cast.attribute)
+            and scale is not None
+            and scale.op_type == "Mul"
+            and quant.output[1] in scale.input
+        )
+        w_scale = [i for i in scale.input if i != quant.output[1]] if pattern else []
+        if not pattern or len(w_scale) != 1 or w_scale[0] not in consts:
+            raise UnsupportedModelError(
+                f"{where}: not the DynamicQuantizeLinear -> {node.op_type} -> Cast -> Mul(x_scale * w_scale) "
+                "chain onnxruntime's quantize_dynamic writes; other integer-accumulator graphs are not supported"
+            )
+        sizes = np.asarray(consts[w_scale[0]]).size
+        weight = np.asarray(consts[node.input[1]])
+        axis = None if sizes <= 1 else (0 if node.op_type == "ConvInteger" else weight.ndim - 1)
+        zero = [node.input[3]] if len(node.input) > 3 and node.input[3] else []
+        w_float = f"{node.input[1]}_dq_{len(layers)}"
+        extra = {"axis": axis} if axis is not None else {}
+        dq = helper.make_node("DequantizeLinear", [node.input[1], w_scale[0], *zero], [w_float], **extra)
+        dq.name = f"{_name(node)}/dq_weight"
+        layer = helper.make_node(node.op_type[: -len("Integer")], [quant.input[0], w_float], [mul.output[0]])
+        layer.name = _name(node)
+        layer.attribute.extend(node.attribute)
+        index = {id(n): k for k, n in enumerate(graph.node)}
+        replaced[index[id(node)]] = [dq, layer]
+        drop |= {index[id(cast)], index[id(mul)]}
+        layers.append(layer.name)
+    if not layers:
+        return []
+    kept = [new for k, n in enumerate(graph.node) if k not in drop for new in replaced.get(k, [n])]
+    while True:  # the scale products, then the DynamicQuantizeLinears, that nothing reads any more
+        used = {i for n in kept for i in n.input} | outputs
+        live = [n for n in kept if n.op_type not in ("Mul", "DynamicQuantizeLinear") or set(n.output) & used]
+        if len(live) == len(kept):
+            break
+        kept = live
+    del graph.node[:]
+    graph.node.extend(kept)
+    return layers
+
+
+def _gathered_constants(graph: onnx.GraphProto) -> int:
+    """DequantizeLinear(Gather(W_q, ids)) -> Gather(DequantizeLinear(W_q), ids), in place, for an integer
+    constant W_q with one scale (quantized embedding tables): then the dequantized table is a constant
+    the QDQ pass turns into floats. Returns how many."""
+    consts = graph_constants(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    moved = 0
+    for node in graph.node:
+        gather = producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if gather is None or gather.op_type != "Gather" or gather.input[0] not in consts:
+            continue
+        if any(np.asarray(consts[i]).size > 1 for i in node.input[1:] if i):
+            raise UnsupportedModelError(f"DequantizeLinear {_name(node)!r}: per-axis scales on a gathered table")
+        table, gathered = f"{gather.input[0]}_dq", node.output[0]
+        node.input[0], node.output[0] = gather.input[0], table
+        gather.input[0], gather.output[0] = table, gathered
+        moved += 1
+    if moved:  # each DequantizeLinear now runs before its Gather
+        order = sorted(range(len(graph.node)), key=lambda k: _swapped_rank(graph.node, k))
+        nodes = [graph.node[k] for k in order]
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return moved
+
+
+def _swapped_rank(nodes, k: int) -> tuple[int, int]:
+    """Sort key putting a DequantizeLinear just before the Gather that now reads it."""
+    node = nodes[k]
+    if node.op_type == "DequantizeLinear":
+        for j, other in enumerate(nodes):
+            if other.op_type == "Gather" and other.input[0] == node.output[0]:
+                return (j, 0)
+    return (k, 1)
+
+
+def qoperator_to_qdq(model: onnx.ModelProto) -> tuple[int, list[str]]:
+    """Rewrite `model`'s QOperator nodes (in place) to DequantizeLinear -> float op -> QuantizeLinear,
+    and its dynamic-quantization chains to float layers on dequantized weights. Returns how many integer
+    operators were rewritten (0: nothing changed) and the dynamic layers among them."""
     graph = model.graph
+    gathered = _gathered_constants(graph)
     if not is_qoperator(graph):
-        return 0
+        return gathered, []
+    dynamic = _dynamic_layers(graph)
     rewriter = _Rewriter(graph)
     count = sum(rewriter.rewrite(node) for node in list(graph.node))
     del graph.node[:]
     graph.node.extend(rewriter.nodes)
     graph.initializer.extend(rewriter.inits)
-    return count
+    return count + len(dynamic) + gathered, dynamic

@@ -4,6 +4,7 @@ Embeddings of the integer library against fp32's, and retrieval (definition -> i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +55,27 @@ def test_dynamic_int8_needs_no_calibration_and_agrees_with_fp32(minilm):
     task = qcompile.verify(out, minilm["model"], minilm["eval"])["task"]
     # measured on 300 sentences: mean 0.9966, min 0.987 (onnxruntime quantize_dynamic: 0.9925 / 0.974)
     assert task["cosine_mean"] >= 0.995 and task["cosine_min"] >= 0.98, task
+
+
+def test_onnxruntime_quantize_dynamic_model_keeps_its_weights_and_builds_without_data(minilm, capsys):
+    """A model a user already ran through onnxruntime's quantize_dynamic (DynamicQuantizeLinear ->
+    MatMulInteger chains, an int8 embedding table): its integer weights are kept, its layers quantize
+    their inputs at run time, and no calibration data is needed."""
+    from qcompile.bench import ort_dynamic_model
+    from qcompile.cli import main
+
+    model = ort_dynamic_model(Path(minilm["model"]), minilm["dir"] / "ort_dynamic.onnx")
+    out = minilm["dir"] / "from_ort_dynamic"
+    assert main(["build", str(model), "-o", str(out)]) == 0
+    assert "pre-quantized model (dynamic): its 36 integer layers quantize their inputs" in capsys.readouterr().out
+    assert open_artifact(out).manifest["quantization"]["activations"]["dynamic"] is True
+    report = json.loads((out / "report.json").read_text())["pre_quantized"]
+    assert len(report["dynamic_layers"]) == 36 and len(report["layers_with_graph_weights"]) == 36
+    metrics = qcompile.verify(out, model, minilm["eval"])
+    # against the float graph (the same weights, dequantized): measured mean 0.9971, min 0.9911
+    assert metrics["task"]["cosine_mean"] >= 0.995 and metrics["task"]["cosine_min"] >= 0.98, metrics["task"]
+    # against onnxruntime running the model as given, itself 0.9925 from fp32: measured 0.9915
+    assert metrics["vs_qdq_model"]["embedding"]["cosine"] >= 0.985, metrics["vs_qdq_model"]
 
 
 def test_int4_weight_only_stores_a_seventh_of_the_linear_weights(minilm):
