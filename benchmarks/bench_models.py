@@ -211,7 +211,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=20)
     parser.add_argument("--background", type=int, default=0, help="also measure under N busy processes")
-    parser.add_argument("--thread-pool", choices=["shared", "dedicated"], help="qcompile runtime pool (default shared)")
+    pools = ["shared", "tvm", "dedicated"]
+    parser.add_argument("--thread-pool", choices=pools, help="qcompile runtime pool (default shared)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="folder for the .md/.json")
     args = parser.parse_args()
     names = [m.strip() for m in args.models.split(",") if m.strip()]

@@ -128,6 +128,7 @@ def write_artifact(
     import tvm
 
     from qcompile.calibration.store import ROUNDING, qparams_to_json
+    from qcompile.deploy.pool import POOL_SOURCE
     from qcompile.deploy.toolchain import cross_cxx
 
     output = output.resolve()
@@ -135,9 +136,12 @@ def write_artifact(
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
     try:
         library = staging / target.library_name
-        # -s: no symbol tables in a deployable library (the VM finds kernels through its own table).
+        # -s: no symbol tables in a deployable library (the VM finds kernels through its own table); its
+        # dynamic symbols stay, qcompile's parallel launcher among them (qcompile.deploy.pool).
         cxx = cross_cxx(target)  # None: the host's compiler
-        executable.export_library(str(library), options=["-s"], **({"cc": cxx} if cxx else {}))
+        executable.export_library(
+            str(library), options=["-s", "-O2", "-pthread"], addons=[str(POOL_SOURCE)], **({"cc": cxx} if cxx else {})
+        )
         _write_json(staging / "qparams.json", qparams_to_json(qparams, model.sha256, config.method), compact=True)
         sources = {site: qparams[site].source for site in plan.sites if site in qparams}
         _write_json(staging / "plan.json", {**plan.to_json(), "site_sources": sources})

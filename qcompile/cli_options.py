@@ -162,8 +162,10 @@ def add_thread_pool_option(p) -> None:
     p.add_argument(
         "--thread-pool",
         choices=sorted(POOLS),
-        help="how the TVM runtime's worker threads wait between kernels: shared (default; they sleep and "
-        "are not pinned to cores, so other busy processes cost about what they cost onnxruntime) or "
-        "dedicated (they spin and are pinned: a few percent faster on an otherwise idle device, many times "
-        f"slower when other processes compete for the cores); also ${THREAD_POOL_ENV}",
+        help="how the library's parallel kernels are run: shared (default; qcompile's own launcher, linked "
+        "into the library: workers sleep between kernels and the calling thread takes every task no worker "
+        "has started, so neither a waking worker nor other busy processes hold a kernel up), tvm (TVM's "
+        "pool with sleeping, unpinned workers: a wake-up per kernel) or dedicated (TVM's pool, spinning "
+        "and pinned: many times slower when other processes compete for the cores); also "
+        f"${THREAD_POOL_ENV}",
     )

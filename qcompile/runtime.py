@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from qcompile.artifact import artifact_bytes, sha256_file
+from qcompile.deploy.pool import install as install_launcher
 from qcompile.errors import InputError
 from qcompile.manifest import load_json_file, member, read_manifest
 from qcompile.model import TensorSpec
 from qcompile.threads import configure as configure_threads
+from qcompile.threads import uses_launcher
 
 
 @dataclass
@@ -102,6 +104,8 @@ class Runner:
         private = Path(self._copy.name) / artifact.library.name
         shutil.copyfile(artifact.library, private)
         self.module = tvm.runtime.load_module(str(private))
+        # after TVM's loader, which fills the launch pointer with its own pool
+        self.launcher = uses_launcher() and install_launcher(private)
         self.vm = VirtualMachine(self.module, tvm.cpu())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> list[np.ndarray]:

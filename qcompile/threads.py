@@ -14,8 +14,13 @@ machine with 2 busy processes (benchmarks/results): the Fashion CNN went from 0.
 MiniLM from 13.5 to 556 ms, while onnxruntime slowed x1.5. Sleeping, unpinned workers took x1.0-1.7
 on the same runs, for 5-10% on the idle machine.
 
-So qcompile's default pool is "shared" (workers sleep between kernels, not pinned); "dedicated" keeps
-TVM's spinning, pinned pool for a device that runs nothing else. A TVM_* variable the user set wins.
+Sleeping costs a futex wake-up per parallel kernel instead (~15 us): a fifth of EfficientNet-Lite0's time
+on 2 cores. So qcompile's default pool, "shared", is not TVM's: the artifact library carries qcompile's
+own launcher (qcompile/deploy/pool.c), which the loaders put in place of TVM's. Its workers sleep between
+kernels too, but the launching thread claims every task no worker has started, so it never waits for a
+worker that is still waking up or that another process holds. "tvm" is TVM's pool with sleeping,
+unpinned workers (the previous default); "dedicated" keeps TVM's spinning, pinned pool for a device that
+runs nothing else. A TVM_* variable the user set wins.
 The settings are read once, when the pool starts (the first parallel kernel of the process), so they
 are applied before anything runs: at the CLI's start, and when a Runner is made."""
 
@@ -28,9 +33,11 @@ from contextlib import contextmanager
 from qcompile.errors import InputError
 
 POOLS = {
-    "shared": {"TVM_THREAD_POOL_SPIN_COUNT": "0", "TVM_BIND_THREADS": "0"},
+    "shared": {"TVM_THREAD_POOL_SPIN_COUNT": "0", "TVM_BIND_THREADS": "0"},  # + qcompile's launcher
+    "tvm": {"TVM_THREAD_POOL_SPIN_COUNT": "0", "TVM_BIND_THREADS": "0"},
     "dedicated": {},  # TVM's own defaults: spin 300000 yields, pin one worker per core
 }
+LAUNCHER_POOLS = ("shared",)  # the pools that run kernels on qcompile's launcher, not TVM's pool
 DEFAULT_POOL = "shared"
 ENV = "QCOMPILE_THREAD_POOL"
 
@@ -41,6 +48,11 @@ def resolve(pool: str | None = None) -> str:
     if pool not in POOLS:
         raise InputError(f"thread pool {pool!r} (from ${ENV} or --thread-pool): choose {' or '.join(POOLS)}")
     return pool
+
+
+def uses_launcher(pool: str | None = None) -> bool:
+    """Whether `pool` (resolve) runs the library's parallel kernels on qcompile's own launcher."""
+    return resolve(pool) in LAUNCHER_POOLS
 
 
 def pool_env(pool: str | None = None, threads: int | None = None) -> dict[str, str]:

@@ -96,7 +96,7 @@ def compile_runner(arch: str, cxx: str, libs: list[Path], output: Path) -> Path:
             "-I", str(ffi_dir / "include"),
             # libtvm_runtime registers the Relax VM loader: linked even though no symbol is used directly
             *(f"-L{d}" for d in lib_dirs), "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi",
-            *(f"-Wl,-rpath-link,{d}" for d in lib_dirs), "-Wl,-rpath,$ORIGIN/lib",
+            *(f"-Wl,-rpath-link,{d}" for d in lib_dirs), "-Wl,-rpath,$ORIGIN/lib", "-ldl",
         ]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

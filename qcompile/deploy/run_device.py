@@ -15,12 +15,27 @@ from tvm.runtime.vm import VirtualMachine
 
 
 def configure_thread_pool():
-    """qcompile's shared pool (qcompile/threads.py): workers sleep between kernels and are not pinned, so
-    other busy processes cost about what they cost onnxruntime. QCOMPILE_THREAD_POOL=dedicated keeps
-    TVM's spinning, pinned pool; TVM_* variables already set win."""
+    """qcompile's shared pool (qcompile/threads.py): TVM's workers, if any run, sleep between kernels and
+    are not pinned. QCOMPILE_THREAD_POOL=dedicated keeps TVM's spinning, pinned pool; TVM_* variables
+    already set win."""
     if os.environ.get("QCOMPILE_THREAD_POOL") != "dedicated":
         os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
         os.environ.setdefault("TVM_BIND_THREADS", "0")
+
+
+def install_launcher(library):
+    """Put the library's own parallel launcher (qcompile/deploy/pool.c) where TVM's loader put its pool,
+    unless QCOMPILE_THREAD_POOL names one of TVM's pools (tvm, dedicated)."""
+    import ctypes
+
+    if os.environ.get("QCOMPILE_THREAD_POOL") in ("tvm", "dedicated"):
+        return
+    lib = ctypes.CDLL(str(library))
+    try:
+        launch = ctypes.cast(lib.qcompile_parallel_launch, ctypes.c_void_p).value
+        ctypes.c_void_p.in_dll(lib, "__TVMBackendParallelLaunch").value = launch
+    except (AttributeError, ValueError):
+        pass  # an older library, or one without parallel kernels
 
 
 def main(argv):
@@ -30,7 +45,10 @@ def main(argv):
         return 2
     here = Path(__file__).resolve().parent
     manifest = json.loads((here / "manifest.json").read_text())
-    vm = VirtualMachine(tvm.runtime.load_module(str(here / manifest["library"])), tvm.cpu())
+    library = here / manifest["library"]
+    module = tvm.runtime.load_module(str(library))
+    install_launcher(library)
+    vm = VirtualMachine(module, tvm.cpu())
     inputs = [tvm.runtime.tensor(np.ascontiguousarray(np.load(p))) for p in argv[1:]]
     out = vm["main"](*inputs)
     outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)

@@ -12,6 +12,8 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -149,6 +151,19 @@ std::vector<Tensor> Outputs(const tvm::ffi::Any& ret) {
   return outs;
 }
 
+// The library's own parallel launcher (qcompile/deploy/pool.c) in the pointer TVM's loader filled with its
+// pool, unless QCOMPILE_THREAD_POOL names one of TVM's pools (tvm, dedicated).
+void InstallLauncher(const std::string& path) {
+  const char* pool = std::getenv("QCOMPILE_THREAD_POOL");
+  if (pool != nullptr && (std::string(pool) == "tvm" || std::string(pool) == "dedicated")) return;
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  if (handle == nullptr) return;
+  void* launch = dlsym(handle, "qcompile_parallel_launch");
+  void** pointer = static_cast<void**>(dlsym(handle, "__TVMBackendParallelLaunch"));
+  if (launch != nullptr && pointer != nullptr) *pointer = launch;
+  dlclose(handle);
+}
+
 int Run(int argc, char** argv) {
   std::vector<std::string> positional;
   int repeat = 0;
@@ -167,6 +182,7 @@ int Run(int argc, char** argv) {
   for (size_t i = 2; i < positional.size(); ++i) inputs.push_back(ReadNpy(positional[i]));
 
   tvm::ffi::Module lib = tvm::ffi::Module::LoadFromFile(positional[0]);
+  InstallLauncher(positional[0]);
   tvm::ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<tvm::ffi::Module>();
   const int kPooledAllocator = 2;
   vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, kPooledAllocator);

@@ -54,3 +54,22 @@ def test_bench_reports_the_pool_its_engines_ran_with(fashion, fashion_int8, tmp_
     assert main([*args, "--thread-pool", "dedicated", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["thread_pool"] == "dedicated"
     assert "(dedicated thread pool)" in capsys.readouterr().out
+
+
+def test_the_librarys_own_launcher_runs_it_exactly_as_tvms_pool(fashion, fashion_int8, monkeypatch):
+    """The default pool runs the artifact's parallel kernels on the launcher linked into its library
+    (qcompile/deploy/pool.c); the outputs are the same integers TVM's pool computes."""
+    import numpy as np
+
+    from qcompile.runtime import Runner, open_artifact
+
+    images = np.load(fashion["test"])["input"][:64]
+    monkeypatch.delenv("QCOMPILE_THREAD_POOL", raising=False)
+    ours = Runner(open_artifact(fashion_int8))
+    assert ours.launcher is True
+    monkeypatch.setenv("QCOMPILE_THREAD_POOL", "tvm")
+    tvms = Runner(open_artifact(fashion_int8))
+    assert tvms.launcher is False
+    for image in images:
+        batch = {"input": image[None]}
+        np.testing.assert_array_equal(ours(batch)[0], tvms(batch)[0])
