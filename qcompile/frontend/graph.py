@@ -54,6 +54,18 @@ def graph_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return values
 
 
+def producers_and_readers(
+    graph: onnx.GraphProto,
+) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    """(name -> the node of this graph that writes it, name -> the nodes of this graph that read it)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return producer, readers
+
+
 def used_names(graph: onnx.GraphProto) -> set[str]:
     """Names read by nodes of this graph or of any subgraph (outer-scope reads), and graph outputs."""
     names = {o.name for o in graph.output}

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from qcompile.errors import UnsupportedModelError
-from qcompile.frontend.graph import graph_constants, rename_inputs, tensor
+from qcompile.frontend.graph import graph_constants, producers_and_readers, rename_inputs, tensor
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 INT_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
@@ -151,11 +151,7 @@ def strip_qdq(model: onnx.ModelProto) -> GraphQuant | None:
     if not is_qdq(graph):
         return None
     consts = graph_constants(graph)
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producer, readers = producers_and_readers(graph)
     outputs = {o.name for o in graph.output}
     drop: set[int] = set()
     new_inits: list[onnx.TensorProto] = []

@@ -30,7 +30,7 @@ import onnx
 from onnx import helper
 
 from qcompile.errors import UnsupportedModelError
-from qcompile.frontend.graph import graph_constants, tensor
+from qcompile.frontend.graph import graph_constants, producers_and_readers, tensor
 
 MS = "com.microsoft"
 # Ops that move, select or reorder values: on integer tensors they commute with dequantization (a max of
@@ -202,11 +202,7 @@ def _dynamic_layers(graph: onnx.GraphProto) -> list[str]:
     """Rewrite (in place) each DynamicQuantizeLinear -> MatMulInteger / ConvInteger -> Cast -> Mul chain
     to the float layer on DequantizeLinear(W_q) (module docstring); returns the layers' names."""
     consts = graph_constants(graph)
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producer, readers = producers_and_readers(graph)
 
     def only_reader(name: str, op: str) -> onnx.NodeProto | None:
         found = readers.get(name, [])
