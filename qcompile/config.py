@@ -70,7 +70,7 @@ class BuildConfig:
             raise InputError(f"float dtype {self.float_dtype!r} is not float32 or float16")
         used = {p for _, p in self.precision.rules} | {self.precision.default}
         if "fp16" in used:
-            if not spec.extra.get("gpu"):
+            if not spec.backend.float16:
                 raise InputError(f"fp16 layers need a GPU target; {self.target!r} computes float layers in fp32")
             if "fp32" in used:
                 raise InputError("fp16 and fp32 layers in one build: the float layers of a build share one dtype")
@@ -81,7 +81,7 @@ class BuildConfig:
             raise InputError("int8 layers in a --bits 16 build: use default=int8 and name the int16 layers")
         if "int16" in used:
             spec.activation_policy(16)
-        if self.float_dtype == "float16" and not spec.extra.get("gpu"):
+        if self.float_dtype == "float16" and not spec.backend.float16:
             raise InputError(f"--fp16 is for GPU targets; {self.target!r} computes float layers in float32")
         if self.max_calib_batches is not None and self.max_calib_batches <= 0:
             raise InputError("--max-calib-batches must be positive")

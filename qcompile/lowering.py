@@ -184,10 +184,7 @@ def compile_stage(
         if site["kernel"] in applied.tuned:
             site["schedule"] = "tuned"
     schedules["inventory"] = inventory
-    if target.extra.get("gpu") == "cuda":
-        from qcompile.deploy.toolchain import nvcc
-
-        schedules["cuda"] = check_cuda_kernels(executable, target.tvm(), nvcc())
+    schedules.update(target.backend.after_compile(executable, target))
     if tuning_db is not None:
         schedules["tuning_db"] = folder_name(key_of(target))
     return executable, schedules

@@ -8,6 +8,7 @@ activations re-centred by -128 plus a second sdot that adds the 128 * sum(weight
 `arm` uses NEON through LLVM's vectorizer."""
 
 from qcompile.kernels.spec import CpuKernelSpec
+from qcompile.targets.backend import CrossCompiled
 from qcompile.targets.base import ActivationPolicy, TargetSpec, register_target
 
 _ARM_ACTIVATIONS = {
@@ -36,7 +37,7 @@ def _preset(name: str, mattr: list[str], flags: tuple[str, ...], dots: tuple[str
             runs_on_host=False,
             cpu_flags=flags,  # /proc/cpuinfo "Features" of the device
             kernels=CpuKernelSpec(vector_bits=128, registers=32, dot_u8s8=dots),
-            extra={"arch": "aarch64", "cross_cxx": CROSS_CXX, "cross_package": CROSS_PACKAGE},
+            backend=CrossCompiled(arch="aarch64", compiler=CROSS_CXX, compiler_package=CROSS_PACKAGE),
         )
     )
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from qcompile.errors import QCompileError
 from qcompile.kernels.spec import CpuKernelSpec
 from qcompile.passes.scheme import WEIGHT_INT8, QuantSpec
 from qcompile.registry import Registry
+from qcompile.targets.backend import Backend
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,9 @@ class TargetSpec:
     cpu_flags: tuple[str, ...] = ()  # /proc/cpuinfo flags the library's instructions need
     kernels: CpuKernelSpec | None = None  # CPU kernel templates' parameters (None: TVM's generic lowering)
     dynamic_activations: bool = True  # can compute activation scales at run time (--activations dynamic)
-    extra: dict[str, Any] = field(default_factory=dict)
+    backend: Backend = Backend()  # how its tools are checked, its library compiled and shipped
+    arithmetic: str = "qcompile"  # how requantization rounds (QuantPlan.arithmetic): "tflite" for TFLite kernels
+    integer_outputs: bool = False  # the whole graph in integers, up to int8 outputs (annotate's integer_outputs)
 
     def activation_policy(self, bits: int) -> ActivationPolicy:
         if bits not in self.activations:

@@ -4,6 +4,7 @@ Activations are uint8 with a zero point, as on the CPU targets, so one calibrati
 serves every target. Kernels get DLight's default GPU schedules (`qcompile.lowering`); `--fp16`
 computes the float layers in float16. The library's host side is x86-64 Linux."""
 
+from qcompile.targets.backend import Cuda
 from qcompile.targets.base import ActivationPolicy, TargetSpec, register_target
 
 _CUDA_ACTIVATIONS = {
@@ -26,7 +27,7 @@ def _preset(name: str, arch: str, description: str) -> TargetSpec:
             tvm_target={"kind": "cuda", "arch": arch, "host": _HOST},
             activations=_CUDA_ACTIVATIONS,
             runs_on_host=False,
-            extra={"gpu": "cuda", "arch": "x86_64"},  # arch: the host side's, for `qcompile package`
+            backend=Cuda(),
         )
     )
 

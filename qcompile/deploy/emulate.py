@@ -18,7 +18,7 @@ from qcompile.errors import InputError
 def bundle_command(bundle: Path, manifest: dict) -> list[str]:
     from qcompile.targets import TARGETS
 
-    arch = TARGETS.get(manifest["target"]["name"]).extra.get("arch", "x86_64")
+    arch = TARGETS.get(manifest["target"]["name"]).backend.arch
     if arch == "x86_64":
         return [str(bundle / RUNNER)]
     if arch == "aarch64":

@@ -112,12 +112,9 @@ def package(artifact_path: str | Path, output: str | Path | None = None, runner:
         raise InputError(f"--runner {runner!r} is not known (known: cpp)")
     art = open_artifact(artifact_path)
     target = TARGETS.get(art.manifest["target"]["name"])
-    if target.extra.get("gpu"):
-        raise InputError(
-            f"{target.name} artifacts are not packaged yet: the bundle's runtime and runner are CPU-only "
-            "(load model.so with the TVM runtime of a CUDA-enabled build on the GPU host)"
-        )
-    arch = target.extra.get("arch", "x86_64")
+    if target.backend.no_bundle:
+        raise InputError(f"{target.name} artifacts are not packaged yet: {target.backend.no_bundle}")
+    arch = target.backend.arch
     cxx = cross_cxx(target) or host_cxx()
     out = Path(output) if output else art.path / "deploy"
     if out.exists() and not (out / "manifest.json").is_file():

@@ -13,23 +13,20 @@ AARCH64_SYSROOT = "/usr/aarch64-linux-gnu"  # Debian's cross C/C++ libraries (li
 
 
 def check_toolchain(target: TargetSpec) -> None:
-    """Every tool building `target` needs (its cross compiler, a GPU target's nvcc), before any work."""
-    if target.extra.get("gpu") == "cuda":
-        nvcc()
-    cross_cxx(target)
+    """Every tool building `target` needs (its cross compiler, a GPU target's nvcc, ...), before any work."""
+    target.backend.check_toolchain(target)
 
 
 def cross_cxx(target: TargetSpec) -> str | None:
     """The C++ compiler that links `target`'s libraries: None for the host's own compiler."""
-    cxx = target.extra.get("cross_cxx")
-    if cxx is None:
-        return None
-    if shutil.which(cxx) is None:
-        raise InputError(
-            f"target {target.name!r} is cross-compiled with {cxx}, which is not installed "
-            f"(Debian/Ubuntu: apt install {target.extra['cross_package']})"
-        )
-    return cxx
+    return target.backend.cross_cxx(target)
+
+
+def require_tool(tool: str, used_for: str, package: str) -> str:
+    """`tool` on PATH, or an error saying what it is for and which Debian package installs it."""
+    if shutil.which(tool) is None:
+        raise InputError(f"{used_for} {tool}, which is not installed (Debian/Ubuntu: apt install {package})")
+    return tool
 
 
 def host_cxx() -> str:

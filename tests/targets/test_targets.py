@@ -44,7 +44,7 @@ def test_arm_presets_are_aarch64_with_portable_activations():
         target = spec.tvm()
         assert str(target.attrs["mtriple"]) == "aarch64-linux-gnu"
         assert set(features) <= {str(a) for a in target.attrs["mattr"]}
-        assert not spec.runs_on_host and spec.extra["arch"] == "aarch64"
+        assert not spec.runs_on_host and spec.backend.arch == "aarch64"
         # one calibration for both architectures: the same activation dtype and zero-point convention
         assert (spec.activation_policy(8).dtype, spec.activation_policy(8).symmetric) == (x86.dtype, x86.symmetric)
     assert TARGETS.get("arm-i8mm").kernels.dot_u8s8 == ("qcompile.arm.i8mm.dot_u8s8_4x4",)
