@@ -44,7 +44,11 @@ def annotate(
     weight: QuantSpec = WEIGHT_INT8,
     layer_weight: Mapping[str, QuantSpec] | None = None,
     layer_scheme: Mapping[str, str] | None = None,
+    arithmetic: str = "qcompile",
+    integer_outputs: bool = False,
 ) -> QuantPlan:
+    """`integer_outputs`: every op the rules can take stays integer up to the model's outputs (a target
+    that runs the whole graph in integers, e.g. the NPU, whose last layer writes int8, not floats)."""
     func = mod["main"]
     bindings = main_bindings(func)
     consumers: dict[relax.Var, list[relax.VarBinding]] = {}
@@ -62,6 +66,7 @@ def annotate(
         weight=weight,
         layer_weight=dict(layer_weight or {}),
         layer_scheme=dict(layer_scheme or {}),
+        arithmetic=arithmetic,
     )
     ops = []
     absorbed: set[str] = set()
@@ -78,8 +83,10 @@ def annotate(
         if plan is not None:
             ops.append(plan)
             absorbed.update(plan.fused)
-    ops = _drop_float_only(ops)
-    ops, sites = _dequantize_wide_outputs(ops, dict(ctx.sites))
+    sites = dict(ctx.sites)
+    if not integer_outputs:
+        ops = _drop_float_only(ops)
+        ops, sites = _dequantize_wide_outputs(ops, sites)
     sites, aliases = _used(ops, sites, dict(ctx.aliases))
     return QuantPlan(
         bits=bits,
@@ -89,6 +96,7 @@ def annotate(
         aliases=aliases,
         float_layers=tuple(ctx.float_layers),
         layer_precision=_layer_precision(ops, ctx.float_layers, sites, aliases, precisions or {}),
+        arithmetic=arithmetic,
     )
 
 

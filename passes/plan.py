@@ -55,6 +55,9 @@ class OpPlan:
             raise ValueError(f"op plan for {self.var}: the last fused binding must be the output")
 
 
+ARITHMETICS = ("qcompile", "tflite")
+
+
 @dataclass(frozen=True)
 class QuantPlan:
     """The whole decision: sites to calibrate, ops to realize, layers deliberately kept float."""
@@ -66,6 +69,13 @@ class QuantPlan:
     aliases: dict[str, str] = field(default_factory=dict)
     float_layers: tuple[str, ...] = ()
     layer_precision: dict[str, str] = field(default_factory=dict)  # every layer: int8 | int16 | fp16 | fp32
+    # how requantization rounds: "qcompile" (one rounding, fixed_point.py) or "tflite" (TFLite's reference
+    # kernels, bit for bit: tflite_fixed_point.py), the target's choice
+    arithmetic: str = "qcompile"
+
+    def __post_init__(self) -> None:
+        if self.arithmetic not in ARITHMETICS:
+            raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {self.arithmetic!r}")
 
     def site_of(self, var: str) -> str:
         """The calibrated site whose quantization parameters `var` shares (pass-through ops)."""
@@ -79,6 +89,7 @@ class QuantPlan:
         return {
             "bits": self.bits,
             "target": self.target,
+            "arithmetic": self.arithmetic,
             "quantized_layers": list(self.quantized_layers),
             "float_layers": list(self.float_layers),
             "layer_precision": dict(self.layer_precision),

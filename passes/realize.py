@@ -33,8 +33,12 @@ class Calibration:
 class _Realizer:
     """The RealizeContext the rules see, plus the per-binding replay step."""
 
-    def __init__(self, plan: QuantPlan, calibration: Calibration, bindings: list[relax.VarBinding]):
+    def __init__(
+        self, plan: QuantPlan, calibration: Calibration, bindings: list[relax.VarBinding], records: dict | None
+    ):
         self.plan = plan
+        self.records = records
+        self.arithmetic = plan.arithmetic
         self.bias_correction = calibration.bias_correction
         self.rounding = calibration.rounding
         self.weight_scales = calibration.weight_scales
@@ -73,6 +77,10 @@ class _Realizer:
 
     def binding(self, var: str) -> relax.VarBinding:
         return self.by_name[var]
+
+    def record(self, op: str, **data) -> None:
+        if self.records is not None:
+            self.records[op] = data
 
     def substitute(self, expr: relax.Expr, override: dict) -> relax.Expr:
         return substitute(expr, {**self.env, **override})
@@ -117,14 +125,17 @@ class _Realizer:
 class RealizeIntegerOps:
     """Turn the planned float ops of `main` into integer compute (see the rules for each op)."""
 
-    def __init__(self, plan: QuantPlan, calibration: Calibration, expose: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, plan: QuantPlan, calibration: Calibration, expose: tuple[str, ...] = (), records: dict | None = None
+    ) -> None:
         self.plan = plan
         self.calibration = calibration
         self.expose = expose  # extra float outputs (dequantized), for per-layer error analysis
+        self.records = records  # filled with what each layer computes in integers (an exporter's input)
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         bindings = main_bindings(mod["main"])
-        realizer = _Realizer(self.plan, self.calibration, bindings)
+        realizer = _Realizer(self.plan, self.calibration, bindings, self.records)
         extra = None
         if self.expose:
             by_name = {b.var.name: b.var for b in bindings}

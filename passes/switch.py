@@ -80,7 +80,7 @@ class PrecisionSwitch:
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         bindings = main_bindings(mod["main"])
         flags = relax.Var(FLAGS, relax.TensorType((len(self.plan.ops),), "int32"))
-        switcher = _Switcher(self.plan, self.calibration, bindings, flags=flags)
+        switcher = _Switcher(self.plan, self.calibration, bindings, None, flags=flags)
         out = replay(mod, switcher.step, finish=switcher.finish, extra_params=[flags])
         out = relax.transform.EliminateCommonSubexpr()(out)  # the direct path's repeated conv/matmul
         return relax.transform.DeadCodeElimination()(out)

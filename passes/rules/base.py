@@ -44,6 +44,7 @@ class AnnotateContext:
     sites: dict[str, QuantSpec] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     float_layers: list[str] = field(default_factory=list)
+    arithmetic: str = "qcompile"  # "tflite": only what TFLite's integer kernels compute (no float epilogues)
 
     def is_integer(self, expr: relax.Expr) -> bool:
         return isinstance(expr, relax.Var) and expr.name in self.integer
@@ -93,6 +94,7 @@ class RealizeContext(Protocol):
     bb: relax.BlockBuilder
     rounding: WeightRounding | None  # how weights round to integers (None: to nearest)
     weight_scales: Mapping[str, np.ndarray]  # layer -> per-channel weight scales a QDQ model carries
+    arithmetic: str  # how requantization rounds (QuantPlan.arithmetic)
 
     def quantized(self, var: relax.Var) -> QTensor: ...
 
@@ -107,6 +109,9 @@ class RealizeContext(Protocol):
     def substitute(self, expr: relax.Expr, override: dict) -> relax.Expr: ...
 
     def emit(self, expr: relax.Expr, name: str | None = None) -> relax.Expr: ...
+
+    def record(self, op: str, **data) -> None:
+        """Keep what op `op` computes in integers (its weights, bias, scales) for an exporter."""
 
 
 class OpRule(Protocol):

@@ -7,6 +7,7 @@ from tvm import relax
 
 from qcompile.passes.plan import OpPlan
 from qcompile.passes.rewrite import op_name
+from qcompile.passes.rules import tflite_fixed_point as tflite
 from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext, op_rule
 from qcompile.passes.rules.chain import follow_chain
 from qcompile.passes.rules.emit import centered, clamp_bounds, fixed_point_output, requantize
@@ -41,6 +42,9 @@ class AddRule(BinaryRule):
     def realize(self, ctx: RealizeContext, binding: relax.VarBinding, plan: OpPlan) -> QTensor:
         a, b = (ctx.quantized(v) for v in binding.value.args)
         out = ctx.qparams(plan.output)
+        if ctx.arithmetic == "tflite":
+            y = tflite.emit_add(ctx.bb, a.expr, a.qparams, b.expr, b.qparams, out, plan.clamp, plan.output)
+            return QTensor(y, out)
         ma, mb = a.qparams.scale / out.scale, b.qparams.scale / out.scale
         in_bits = bits_needed(max(a.qparams.qmax - a.qparams.qmin, b.qparams.qmax - b.qparams.qmin)) + 1
         _, shift = quantize_multiplier(np.array([max(ma, mb)]), multiplier_bits(in_bits))
@@ -61,6 +65,11 @@ class MultiplyRule(BinaryRule):
         a, b = (ctx.quantized(v) for v in binding.value.args)
         out = ctx.qparams(plan.output)
         prod = ctx.emit(relax.op.multiply(centered(ctx.bb, a.expr, a.qparams), centered(ctx.bb, b.expr, b.qparams)))
+        if ctx.arithmetic == "tflite":
+            y = tflite.emit_requantize(
+                ctx.bb, prod, a.qparams.scale, b.qparams.scale, out, ndim=0, axis=0, clamp=plan.clamp, name=plan.output
+            )
+            return QTensor(y, out)
         span = (a.qparams.qmax - a.qparams.qmin) * (b.qparams.qmax - b.qparams.qmin)
         y = requantize(
             ctx.bb,

@@ -14,6 +14,7 @@ from tvm import relax
 from qcompile.calibration.rounding import Geometry
 from qcompile.passes.plan import OpPlan, QParams
 from qcompile.passes.rewrite import const_value, is_const, op_name
+from qcompile.passes.rules import tflite_fixed_point as tflite
 from qcompile.passes.rules.activation_matmul import annotate_activation_matmul, realize_activation_matmul
 from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext, op_rule
 from qcompile.passes.rules.chain import apply_activation, follow_chain
@@ -166,6 +167,7 @@ class LinearRule(_Dynamic):
 
     weight_axis = 0
     dynamic_granularity = "tensor"  # run-time scales: one per tensor (a conv), one per token (a matmul)
+    tflite_rounds_once = False  # TFLite's kernel for this op requantizes with one rounding (tflite_fixed_point)
     takes_two_activations = False  # a matmul: both operands may be activations (attention)
 
     def channels(self, binding: relax.VarBinding) -> int:
@@ -210,7 +212,8 @@ class LinearRule(_Dynamic):
             ctx.float_layers.append(layer)
             return None
         channels = self.channels(binding)
-        chain = follow_chain(ctx, binding.var, bias_ok=lambda a: a.size in (1, channels), float_activation=True)
+        epilogue = ctx.arithmetic != "tflite"  # TFLite's kernels have no float epilogue
+        chain = follow_chain(ctx, binding.var, bias_ok=lambda a: a.size in (1, channels), float_activation=epilogue)
         act = ctx.layer_act.get(layer, ctx.act)
         if act.dynamic:  # scales from the tensor at run time: float in, float out, nothing to calibrate
             spec = replace(act, granularity=self.dynamic_granularity)
@@ -257,10 +260,12 @@ class LinearRule(_Dynamic):
             bias = bias + self.weight_error_shift(call, weight, wq, w_scale, mean)
         acc, ndim, axis = self.accumulate(ctx, call, x, wq, acc_dtype)
         acc_scale = x.qparams.scale * w_scale
+        bias_q = np.round(bias.astype(np.float64) / acc_scale).astype(np.int64)
+        ctx.record(plan.var, weight=wq, weight_scale=np.asarray(w_scale, np.float64), bias=bias_q, input=x.qparams)
         reduce = tuple(i for i in range(wq.ndim) if i != self.weight_axis)  # all but the output channel
         wide = wq.astype(np.int64)
         wsum = wide.sum(axis=reduce)
-        total = -x.qparams.zero_point * wsum + np.round(bias.astype(np.float64) / acc_scale).astype(np.int64)
+        total = -x.qparams.zero_point * wsum + bias_q
         if np.any(total != 0):
             acc = ctx.emit(relax.op.add(acc, int_const(channel_shape(total, ndim, axis), acc_dtype)))
         if plan.float_output:
@@ -274,6 +279,20 @@ class LinearRule(_Dynamic):
         acc_bits = bits_needed(float(x_span) * float(w_l1) + float(np.abs(total).max()))
         if out_qp.divisor is not None:  # a smoothed output site: channel c stored divided by divisor[c]
             acc_scale = acc_scale / np.asarray(out_qp.divisor, np.float64)
+        if ctx.arithmetic == "tflite":
+            y = tflite.emit_requantize(
+                ctx.bb,
+                acc,
+                x.qparams.scale,
+                w_scale,
+                out_qp,
+                ndim=ndim,
+                axis=axis,
+                clamp=plan.clamp,
+                name=plan.output,
+                round_once=self.tflite_rounds_once,
+            )
+            return QTensor(y, out_qp)
         y = requantize(
             ctx.bb,
             acc,
@@ -372,6 +391,7 @@ class Conv2dRule(LinearRule):
 @op_rule("relax.matmul")
 class MatmulRule(LinearRule):
     weight_axis = 1
+    tflite_rounds_once = True  # FULLY_CONNECTED
     dynamic_granularity = "token"
     takes_two_activations = True
 

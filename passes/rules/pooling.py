@@ -8,6 +8,7 @@ from tvm import relax
 
 from qcompile.passes.plan import OpPlan
 from qcompile.passes.rewrite import op_name
+from qcompile.passes.rules import tflite_fixed_point as tflite
 from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext, op_rule
 from qcompile.passes.rules.emit import int_const, requantize
 from qcompile.passes.rules.fixed_point import bits_needed
@@ -37,6 +38,8 @@ class MaxPoolRule(SameScaleRule):
 
 def _sum_to_output(ctx: RealizeContext, acc: relax.Expr, x: QTensor, count: int, name: str) -> relax.Expr:
     """acc = sum of `count` integers of x -> their mean, in x's own qparams."""
+    if ctx.arithmetic == "tflite":
+        return tflite.emit_mean(ctx.bb, acc, count, x.qparams, name)
     if x.qparams.zero_point:
         acc = ctx.emit(relax.op.subtract(acc, int_const(count * x.qparams.zero_point, "int32")))
     span = (x.qparams.qmax - x.qparams.qmin) * count
