@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from qcompile.model import OnnxModel
     from qcompile.passes.plan import QParams, QuantPlan
     from qcompile.targets import TargetSpec
+    from qcompile.targets.backend import PackageInputs
 
 
 def check_output(output: str | Path, reads: Sequence[str | Path | None] = (), force: bool = False) -> Path:
@@ -119,12 +120,14 @@ def write_artifact(
     rounding: dict[str, np.ndarray] | None = None,
     integer_weights: dict | None = None,
     pre_quantized: dict | None = None,
+    backend_files: PackageInputs | None = None,
 ) -> Path:
     """`extra_json`: more JSON files for the artifact (e.g. precision.json of a mixed-precision search).
     `rounding`: each layer's integer weights minus nearest rounding (rounding.npz, read back with
     --qparams so a rebuild from this artifact's qparams.json rounds its weights the same way).
     `integer_weights`: what the integer layers' weights take, per scheme (weight_storage).
-    `pre_quantized`: a QDQ model's account (qcompile.calibration.graph.graph_summary)."""
+    `pre_quantized`: a QDQ model's account (qcompile.calibration.graph.graph_summary).
+    `backend_files`: what the target's backend reads to write its own files (an NPU's TFLite model)."""
     import tvm
 
     from qcompile.calibration.store import ROUNDING, qparams_to_json
@@ -162,6 +165,7 @@ def write_artifact(
         _write_json(staging / "report.json", report)
         for name, doc in (extra_json or {}).items():
             _write_json(staging / name, doc)
+        backend_section = target.backend.package(staging, backend_files) if backend_files is not None else None
         files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(staging.iterdir())}
         manifest = {
             "format": FORMAT,
@@ -183,6 +187,7 @@ def write_artifact(
             "quantization": _quantization(config, plan, target),
             "kernels": _kernels(target, schedules or {}),
             "files": files,
+            **({"npu": backend_section} if backend_section else {}),
         }
         _write_json(staging / MANIFEST, manifest)
         _move_into_place(staging, output)

@@ -145,8 +145,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_perf_parsers(sub)
 
-    i = sub.add_parser("inspect", help="list a model's ops, shapes and quantizable layers")
-    i.add_argument("model", help="ONNX model file")
+    i = sub.add_parser(
+        "inspect",
+        help="list a model's ops, shapes and quantizable layers, or what a built artifact holds (an npu "
+        "artifact: which operators run on the NPU and on the CPU, Vela's cycle and memory estimates)",
+    )
+    i.add_argument("model", help="ONNX model file, or an artifact folder")
     i.add_argument("--input-shape", action="append", metavar="NAME:DIMS", help="concrete shape of a dynamic input")
     i.add_argument("--fix-input", action="append", metavar="NAME=VALUE", help="fold an input in as a constant")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -194,6 +198,11 @@ def _build(args: argparse.Namespace) -> int:
             from qcompile.calibration.graph import summary_line
 
             print(summary_line(report["pre_quantized"]))
+        npu = json.loads((result.artifact / "manifest.json").read_text()).get("npu")
+        if npu is not None:
+            from qcompile.npu.package import summary_line as npu_summary
+
+            print(npu_summary(npu))
         if args.tuning_db is not None:
             from qcompile.profile import tuning_note
 
@@ -274,6 +283,20 @@ def check_output_file(path: str, flag: str, reads: list[str]) -> Path:
     return out
 
 
+def _npu_line(npu: dict) -> str:
+    check = npu["library_vs_reference"]
+    same = (
+        f"identical on all {check['values']} output values"
+        if npu["identical"]
+        else f"{check['differing']} of {check['values']} output values differ (up to {check['max_lsb']} LSB)"
+    )
+    est = npu["estimates"]
+    return (
+        f"NPU: metrics from {npu['kernels']}; qcompile's integer library vs those kernels: {same}; Vela's "
+        f"estimate {est['inference_ms']} ms per inference, {est['sram_kib']} KiB SRAM"
+    )
+
+
 def _format_metrics(m: dict) -> str:
     lines = [f"samples: {m['samples']}"]
     for name, out in m["outputs"].items():
@@ -285,10 +308,13 @@ def _format_metrics(m: dict) -> str:
         f"size: library {m['library_bytes'] / 1e6:.2f} MB, whole artifact {m['artifact_bytes'] / 1e6:.2f} MB "
         f"({100 * m['artifact_to_fp32_weights']:.1f}% of the fp32 weights, {m['weights_fp32_bytes'] / 1e6:.2f} MB)"
     )
-    lines.append(
-        f"latency per sample: onnxruntime fp32 {m['latency_ms_fp32_onnxruntime']} ms, "
-        f"qcompile int8 {m['latency_ms_int8_qcompile']} ms"
-    )
+    if "npu" in m:
+        lines.append(_npu_line(m["npu"]))
+    else:
+        lines.append(
+            f"latency per sample: onnxruntime fp32 {m['latency_ms_fp32_onnxruntime']} ms, "
+            f"qcompile int8 {m['latency_ms_int8_qcompile']} ms"
+        )
     if "task" in m:
         lines.append(f"task {m['task']['name']}: " + ", ".join(f"{k}={v}" for k, v in m["task"].items() if k != "name"))
     for row in m.get("per_layer", []):
@@ -336,6 +362,12 @@ def _inspect(args: argparse.Namespace) -> int:
     from qcompile.inspection import format_inspection, inspect_model
     from qcompile.model import parse_fixed_inputs, parse_input_shapes
 
+    if Path(args.model).is_dir():  # a built artifact
+        from qcompile.artifact_info import format_artifact, inspect_artifact
+
+        info = inspect_artifact(args.model)
+        print(json.dumps(info, indent=2) if args.json else format_artifact(info))
+        return 0
     info = inspect_model(args.model, parse_input_shapes(args.input_shape), parse_fixed_inputs(args.fix_input))
     print(json.dumps(info, indent=2) if args.json else format_inspection(info))
     return 0 if info["supported"] else 2

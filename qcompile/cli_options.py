@@ -124,6 +124,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="GPU targets: compute the float layers (all of them with --bits 32) in float16",
     )
+    p.add_argument(
+        "--npu-only",
+        action="store_true",
+        help="npu targets: fail (exit 2) when Vela would leave any operator to the device's CPU instead of "
+        "running it on the NPU",
+    )
 
 
 def config_from_args(args: argparse.Namespace):
@@ -155,6 +161,7 @@ def config_from_args(args: argparse.Namespace):
         group_size=args.group_size,
         float_dtype="float16" if args.fp16 else "float32",
         precision=precision,
+        npu_only=args.npu_only,
     )
 
 

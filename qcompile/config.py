@@ -37,6 +37,7 @@ class BuildConfig:
     group_size: int = 64
     float_dtype: str = "float32"  # float layers' dtype: float16 on GPU targets (--fp16)
     precision: PrecisionSpec = PrecisionSpec()  # per-layer precision rules (--precision, --precision-file)
+    npu_only: bool = False  # npu targets: fail when the NPU compiler leaves any operator on the CPU
 
     def __post_init__(self) -> None:
         spec = TARGETS.get(self.target)  # unknown target: error listing the known ones
@@ -57,6 +58,15 @@ class BuildConfig:
             raise InputError(f"--activations dynamic: target {self.target!r} cannot compute scales at run time")
         if self.activations == "dynamic" and self.bits != 8:
             raise InputError("--activations dynamic quantizes to 8 bits; drop --bits")
+        if self.npu_only and spec.arithmetic != "tflite":
+            raise InputError(f"--npu-only is for the npu targets, not {self.target!r}")
+        if spec.arithmetic == "tflite":  # TFLite's kernels have no per-channel activation divisors
+            if self.smooth not in ("auto", "off"):
+                raise InputError(
+                    f"--smooth {self.smooth}: target {self.target!r} runs TFLite's int8 kernels, which "
+                    "have no SmoothQuant divisors (use --smooth off)"
+                )
+            object.__setattr__(self, "smooth", "off")
         if self.smooth not in ("auto", "off"):
             try:
                 alpha = float(self.smooth)
@@ -115,4 +125,5 @@ class BuildConfig:
         doc.setdefault("activations", "static")
         doc.setdefault("weights", "int8")
         doc.setdefault("group_size", 64)
+        doc.setdefault("npu_only", False)
         return BuildConfig(**doc)

@@ -72,7 +72,10 @@ def build_mixed(
             # no rounding here: the first pass's Hessians still hold (same data through the same float model)
             result.qparams = calibrate_stage(canon, result.plan, result.config, calib, None)
         result.rounding.used.clear()
-        result.realized = realize_stage(canon, result.plan, result.qparams, result.config, result.rounding)
+        result.records = {} if target.backend.records else None
+        result.realized = realize_stage(
+            canon, result.plan, result.qparams, result.config, result.rounding, result.records
+        )
         report["float_layers"] = list(float_layers)
         extra = {"precision.json": result.config.precision.to_json(), "mixed_precision.json": report}
         compile_and_write(result, canon, target, output, tuning_db, require_tuned, extra)

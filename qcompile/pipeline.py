@@ -32,6 +32,7 @@ from qcompile.passes.scheme import DYNAMIC_INT8, WEIGHT_INT8, weight_int4
 from qcompile.precision import FLOAT_PRECISIONS, WEIGHT_ONLY, PrecisionSpec, default_precision
 from qcompile.profile import KERNELS_FILE
 from qcompile.targets import TARGETS, TargetSpec
+from qcompile.targets.backend import PackageInputs
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
     mixed: dict | None = None  # the search's report (mixed_precision.json)
     rounding: WeightRounding | None = None  # how the integer weights were rounded (rounding.npz)
+    records: dict | None = None  # what each layer computes in integers, for a backend's export
 
 
 def load_stage(model_path: str | Path, config: BuildConfig) -> OnnxModel:
@@ -145,6 +147,8 @@ def annotate_stage(canon: Canonical, config: BuildConfig, target: TargetSpec) ->
         skip=frozenset(name for name, p in precisions.items() if p in FLOAT_PRECISIONS),
         layer_act=layer_act,
         precisions=precisions,
+        arithmetic=target.arithmetic,
+        integer_outputs=target.integer_outputs,
     )
 
 
@@ -250,8 +254,10 @@ def realize_stage(
     qparams: dict[str, QParams],
     config: BuildConfig,
     rounding: WeightRounding | None = None,
+    records: dict | None = None,
 ) -> tvm.IRModule:
-    return RealizeIntegerOps(plan, calibration_of(canon, qparams, config, rounding))(canon.mod)
+    """`records` (a dict) is filled with what each layer computes in integers (a backend's export reads it)."""
+    return RealizeIntegerOps(plan, calibration_of(canon, qparams, config, rounding), records=records)(canon.mod)
 
 
 def calibration_of(
@@ -338,7 +344,8 @@ def build(
 
         return build_mixed(result, canon, config, target, search, Path(output), calib, tuning_db, require_tuned)
     t = time.perf_counter()
-    result.realized = realize_stage(canon, result.plan, result.qparams, config, result.rounding)
+    result.records = {} if target.backend.records else None
+    result.realized = realize_stage(canon, result.plan, result.qparams, config, result.rounding, result.records)
     if dump:
         dump.write("04_realize", result.realized)
     if done("realize", t):
@@ -379,6 +386,9 @@ def compile_and_write(
         rounding=_used_offsets(result),
         integer_weights=weight_storage(canon.mod, result.plan),
         pre_quantized=graph_summary(canon, result.plan, result.qparams),
+        backend_files=PackageInputs(
+            canon.mod, config, result.plan, result.qparams, result.records or {}, canon.layer_of, canon.model
+        ),
     )
     result.timings["package"] = round(time.perf_counter() - t, 3)
 

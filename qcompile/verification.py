@@ -87,6 +87,8 @@ def verify(
     data = load_data(data_path, artifact.inputs, "evaluation", fixed=model.fixed_inputs)
     check_labels(data.labels, artifact.manifest["outputs"][0]["shape"], data_path)
     runner = Runner(artifact)
+    npu = _npu_reference(artifact)
+    npu_check = {"values": 0, "differing": 0, "max_lsb": 0}
     session = onnxruntime_session(model.proto.SerializeToString())
     # a pre-quantized model: its float graph is the reference, the QDQ model as given a second one
     qdq = onnxruntime_session(model.path) if model.graph_quant is not None else None
@@ -100,8 +102,13 @@ def verify(
         t0 = time.perf_counter()
         r = session.run(list(artifact.output_names), batch)
         t1 = time.perf_counter()
-        q = runner(batch)
-        t2 = time.perf_counter()
+        if npu is not None:  # the NPU's integers (reference kernels), and the library on the same integers
+            q, fed = npu(batch)
+            t2 = time.perf_counter()
+            _add_counts(npu_check, npu.compare(runner(fed), q))
+        else:
+            q = runner(batch)
+            t2 = time.perf_counter()
         t_ref.append(t1 - t0)
         t_test.append(t2 - t1)
         for i in range(len(ref)):
@@ -124,6 +131,14 @@ def verify(
         "latency_ms_fp32_onnxruntime": round(1e3 * float(np.median(t_ref)) / data.batch, 3),
         "latency_ms_int8_qcompile": round(1e3 * float(np.median(t_test)) / data.batch, 3),
     }
+    if npu is not None:
+        metrics["npu"] = {
+            "kernels": "TFLite reference integer kernels (LiteRT BUILTIN_REF) on this machine",
+            "library_vs_reference": npu_check,
+            "identical": npu_check["differing"] == 0,
+            "estimates": artifact.manifest["npu"]["estimates"],
+        }
+        metrics.pop("latency_ms_int8_qcompile")  # the reference kernels' time says nothing about the NPU's
     if qdq is not None:
         metrics["vs_qdq_model"] = _scores(artifact.output_names, qdq_out, test, None)
     ref_all = [np.concatenate(r) for r in ref]
@@ -153,6 +168,21 @@ def verify(
         if not metrics["passed"]:
             raise VerificationFailed(f"top-1 drop {drop:.2f} points exceeds --max-top1-drop {max_top1_drop}", metrics)
     return metrics
+
+
+def _npu_reference(artifact):
+    """An npu artifact's reference-kernel runner (None for the other targets)."""
+    if "npu" not in artifact.manifest:
+        return None
+    from qcompile.npu.reference import NpuReference
+
+    return NpuReference(artifact)
+
+
+def _add_counts(total: dict, part: dict) -> None:
+    total["values"] += part["values"]
+    total["differing"] += part["differing"]
+    total["max_lsb"] = max(total["max_lsb"], part["max_lsb"])
 
 
 def _scores(names, refs: list[list[np.ndarray]], tests: list[list[np.ndarray]], labels) -> dict:

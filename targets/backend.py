@@ -19,6 +19,7 @@ class PackageInputs:
     layer computes in integers (realize's records) and the ONNX layer of each binding."""
 
     mod: Any
+    config: Any
     plan: Any
     qparams: dict
     records: dict

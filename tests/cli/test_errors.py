@@ -74,7 +74,7 @@ def test_unknown_target_lists_known(capsys, tmp_path, block):
         capsys,
         tmp_path,
         [block["model"], "--calib", block["calib"], "--target", "riscv"],
-        "known: arm, arm-dotprod, arm-i8mm, cuda-sm80, cuda-sm86, cuda-sm90, x86,",
+        "known: arm, arm-dotprod, arm-i8mm, cuda-sm80, cuda-sm86, cuda-sm90, npu, npu-u55-256, npu-u65, npu-u85, x86,",
     )
 
 
