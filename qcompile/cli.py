@@ -285,11 +285,15 @@ def check_output_file(path: str, flag: str, reads: list[str]) -> Path:
 
 def _npu_line(npu: dict) -> str:
     check = npu["library_vs_reference"]
-    same = (
-        f"identical on all {check['values']} output values"
-        if npu["identical"]
-        else f"{check['differing']} of {check['values']} output values differ (up to {check['max_lsb']} LSB)"
-    )
+    if npu["identical"]:
+        same = f"identical on all {check['values']} output values"
+    elif not check["differing"]:  # float outputs of a layer kept float (on the device's CPU)
+        same = f"equal up to float rounding on all {check['values']} output values (max {check['max_abs']:.3g})"
+    else:
+        same = (
+            f"{check['differing']} of {check['values']} output values differ (up to {check['max_lsb']} LSB, "
+            f"{check['max_abs']:.3g} absolute)"
+        )
     est = npu["estimates"]
     return (
         f"NPU: metrics from {npu['kernels']}; qcompile's integer library vs those kernels: {same}; Vela's "

@@ -18,6 +18,7 @@ from tvm import relax
 from qcompile import __version__
 from qcompile.errors import UnsupportedModelError
 from qcompile.npu.flatbuffer import FlatBufferModel, Quant
+from qcompile.npu.float_ops import FLOAT_OPS, float_problem
 from qcompile.passes.plan import OpPlan, QParams, QuantPlan
 from qcompile.passes.rewrite import main_bindings, op_name
 from qcompile.passes.rules.shape import PASS_THROUGH
@@ -31,7 +32,7 @@ class _Tensor:
     index: int
     shape: tuple[int, ...]  # as Relax sees it (NCHW for a feature map)
     nhwc: bool  # stored NHWC in the flatbuffer (4-D only)
-    qparams: QParams
+    qparams: QParams | None  # None: a float32 tensor (a layer the plan keeps float, run by the device's CPU)
 
 
 @dataclass(frozen=True)
@@ -59,16 +60,41 @@ class _Writer:
     def __init__(self, plan: QuantPlan, qparams: Mapping[str, QParams], records: Mapping[str, dict], layer_of):
         self.fb = FlatBufferModel(f"qcompile {__version__}")
         self.plan, self.qparams, self.records, self.layer_of = plan, qparams, records, layer_of
-        self.tensors: dict[str, _Tensor] = {}
+        self.tensors: dict[str, _Tensor] = {}  # a Relax var's integer tensor
+        self.floats: dict[str, _Tensor] = {}  # a Relax var's float32 tensor
         self.operators: list[dict] = []
 
     # -- tensors and layouts ------------------------------------------------------------------------
     def qp(self, var: str) -> QParams:
         return self.qparams[self.plan.site_of(var)]
 
-    def new(self, name: str, shape: tuple[int, ...], qp: QParams, nhwc: bool) -> _Tensor:
+    def new(self, name: str, shape: tuple[int, ...], qp: QParams | None, nhwc: bool) -> _Tensor:
         stored = tuple(shape[i] for i in TO_NHWC) if nhwc else shape
+        if qp is None:
+            return _Tensor(self.fb.tensor(name, stored, "float32"), shape, nhwc, None)
         return _Tensor(self.fb.tensor(name, stored, qp.dtype, _quant(qp)), shape, nhwc, qp)
+
+    @staticmethod
+    def shape(expr: relax.Expr) -> tuple[int, ...]:
+        return _shape(expr)
+
+    def integer(self, var: str) -> _Tensor:
+        """`var`'s integer tensor; a QUANTIZE of its float one where a float op produced it."""
+        if var not in self.tensors:
+            t = self.floats[var]
+            out = self.new(f"{var}_q", t.shape, self.qp(var), t.nhwc)
+            self.op("QUANTIZE", [t.index], [out.index], None)
+            self.tensors[var] = out
+        return self.tensors[var]
+
+    def real(self, var: str) -> _Tensor:
+        """`var`'s float tensor; a DEQUANTIZE of its integer one where an integer op produced it."""
+        if var not in self.floats:
+            t = self.tensors[var]
+            out = self.new(f"{var}_f", t.shape, None, t.nhwc)
+            self.op("DEQUANTIZE", [t.index], [out.index], None, version=2)
+            self.floats[var] = out
+        return self.floats[var]
 
     def op(self, kind: str, inputs: list[int], outputs: list[int], layer: str | None, options=None, version=1):
         self.fb.operator(kind, inputs, outputs, options, version)
@@ -119,7 +145,7 @@ class _Writer:
     def conv2d(self, binding: relax.VarBinding, op: OpPlan) -> None:
         call, rec, layer = binding.value, self.records[op.var], op.layer
         attrs = call.attrs
-        x = self.layout(self.tensors[op.inputs[0]], True, op.inputs[0])
+        x = self.layout(self.integer(op.inputs[0]), True, op.inputs[0])
         wq, w_scale = rec["weight"], np.broadcast_to(rec["weight_scale"], (rec["weight"].shape[0],))
         cout, cin_per_group, kh, kw = wq.shape
         groups, cin = int(attrs.groups), x.shape[1]
@@ -178,7 +204,7 @@ class _Writer:
 
     def matmul(self, binding: relax.VarBinding, op: OpPlan) -> None:
         rec, layer = self.records[op.var], op.layer
-        x = self.layout(self.tensors[op.inputs[0]], False, op.inputs[0])
+        x = self.layout(self.integer(op.inputs[0]), False, op.inputs[0])
         if len(x.shape) != 2:
             raise UnsupportedModelError(f"layer {layer}: a matmul on a {len(x.shape)}-D input (the NPU takes 2-D)")
         wq = np.asarray(rec["weight"]).T  # [K, N] -> TFLite's [N, K]
@@ -193,7 +219,7 @@ class _Writer:
         self.op("FULLY_CONNECTED", [x.index, w, b], [out.index], layer, options, version=5)
 
     def binary(self, binding: relax.VarBinding, op: OpPlan) -> None:
-        a, b = (self.tensors[name] for name in op.inputs)
+        a, b = (self.integer(name) for name in op.inputs)
         nhwc = a.nhwc and b.nhwc if len(a.shape) == 4 else False
         a, b = self.layout(a, nhwc, op.inputs[0]), self.layout(b, nhwc, op.inputs[1])
         out = self.output(op, binding, nhwc)
@@ -203,7 +229,7 @@ class _Writer:
 
     def pool(self, binding: relax.VarBinding, op: OpPlan) -> None:
         call, layer = binding.value, self.layer_of.get(op.var, op.var)
-        x = self.layout(self.tensors[op.inputs[0]], True, op.inputs[0])
+        x = self.layout(self.integer(op.inputs[0]), True, op.inputs[0])
         attrs = call.attrs
         if op.rule == "relax.mean":
             axes = sorted(int(a) % len(x.shape) for a in attrs.axis)
@@ -240,7 +266,7 @@ class _Writer:
             self.tensors[op.output] = out
 
     def data_movement(self, binding: relax.VarBinding, op: OpPlan) -> None:
-        x = self.layout(self.tensors[op.inputs[0]], False, op.inputs[0])
+        x = self.layout(self.integer(op.inputs[0]), False, op.inputs[0])
         shape = _shape(binding.var)
         out = self.new(op.output, shape, x.qparams, False)
         if op.rule == "relax.permute_dims":
@@ -256,7 +282,7 @@ class _Writer:
     def clamp(self, binding: relax.VarBinding, op: OpPlan) -> None:
         from qcompile.passes.rules.chain import activation_bounds
 
-        x = self.tensors[op.inputs[0]]
+        x = self.integer(op.inputs[0])
         bounds = tuple(float(v) for v in activation_bounds(binding.value))
         kind = {(0.0, np.inf): "RELU", (0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1"}.get(bounds)
         if kind is None:
@@ -293,9 +319,10 @@ def unsupported_ops(mod, plan: QuantPlan, layer_of: Mapping[str, str]) -> list[s
         op = anchors.get(name)
         where = layer_of.get(name, name)
         if op is None:
-            found.append(
-                f"{where} ({(op_name(b.value) or type(b.value).__name__).removeprefix('relax.')}): stays float"
-            )
+            problem = float_problem(b)
+            if problem is not None:
+                kind = (op_name(b.value) or type(b.value).__name__).removeprefix("relax.")
+                found.append(f"{where} ({kind}, float): {problem}")
         elif op.rule not in _HANDLERS:
             found.append(f"{where} ({op.rule.removeprefix('relax.')}): no TFLite integer op")
     return found
@@ -314,7 +341,7 @@ def export_tflite(
     missing = unsupported_ops(mod, plan, layer_of)
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise UnsupportedModelError(f"the NPU graph is integer only: {'; '.join(missing[:3])}{more}")
+        raise UnsupportedModelError(f"no TFLite form for {'; '.join(missing[:3])}{more}")
     smoothed = sorted(site for site, qp in qparams.items() if qp.divisor is not None)
     if smoothed:
         raise UnsupportedModelError(
@@ -325,19 +352,25 @@ def export_tflite(
     inputs = []
     for param in func.params:
         shape = _shape(param)
-        t = w.new(param.name, shape, w.qp(param.name), len(shape) == 4)
-        w.tensors[param.name] = t
+        integer = plan.site_of(param.name) in qparams  # else a float layer reads it first: a float input
+        t = w.new(param.name, shape, w.qp(param.name) if integer else None, len(shape) == 4)
+        (w.tensors if integer else w.floats)[param.name] = t
         inputs.append(t)
     anchors = {op.var: op for op in plan.ops}
+    fused = {v for op in plan.ops for v in op.fused}
     for b in main_bindings(func):
         op = anchors.get(b.var.name)
         if op is not None:
             _HANDLERS[op.rule](w, b, op)
-        elif isinstance(b.value, relax.Var) and b.value.name in w.tensors:
-            w.tensors[b.var.name] = w.tensors[b.value.name]
+        elif isinstance(b.value, relax.Var):
+            for table in (w.tensors, w.floats):
+                if b.value.name in table:
+                    table[b.var.name] = table[b.value.name]
+        elif b.var.name not in fused:
+            FLOAT_OPS[op_name(b.value)](w, b)
     body = func.body.body
     results = list(body.fields) if isinstance(body, relax.Tuple) else [body]
-    outputs = [w.layout(w.tensors[r.name], False, r.name) for r in results]
+    outputs = [w.layout(w.tensors.get(r.name) or w.floats[r.name], False, r.name) for r in results]
     for t, name in zip(outputs, output_names, strict=False):
         w.fb.tensors[t.index].name = name
     flatbuffer = w.fb.finish([t.index for t in inputs], [t.index for t in outputs])
@@ -345,11 +378,13 @@ def export_tflite(
 
 
 def _io(w: _Writer, t: _Tensor) -> dict:
+    """An input's or output's description for firmware (float32 ones have no scale or zero point)."""
+    qp = t.qparams
     return {
         "name": w.fb.tensors[t.index].name,
         "shape": list(w.stored(t)),
         "layout": "NHWC" if t.nhwc else "as the ONNX model",
-        "dtype": t.qparams.dtype,
-        "scale": t.qparams.scale,
-        "zero_point": t.qparams.zero_point,
+        "dtype": qp.dtype if qp is not None else "float32",
+        "scale": qp.scale if qp is not None else None,
+        "zero_point": qp.zero_point if qp is not None else None,
     }

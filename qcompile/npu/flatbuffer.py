@@ -52,7 +52,7 @@ class FlatBufferModel:
             q.quantizedDimension = int(quant.axis)
             t.quantization = q
         if data is not None:
-            array = np.ascontiguousarray(np.asarray(data).astype(dtype))
+            array = np.asarray(data).astype(dtype, order="C")  # (ascontiguousarray would make a scalar 1-D)
             if tuple(array.shape) != tuple(t.shape):
                 raise ValueError(f"tensor {name}: data {array.shape} does not match shape {t.shape}")
             buf = self.s.BufferT()

@@ -26,14 +26,20 @@ def quantize_input(x: np.ndarray, io: dict) -> np.ndarray:
     TFLite's QUANTIZE), clamped, in the manifest's layout."""
     if io["layout"] == "NHWC" and x.ndim == 4:
         x = x.transpose(0, 2, 3, 1)
+    if io["dtype"] == "float32":  # read by a layer kept float (on the device's CPU)
+        return np.ascontiguousarray(x, np.float32)
     info = np.iinfo(io["dtype"])
     q = np.sign(x) * np.floor(np.abs(x.astype(np.float64) / io["scale"]) + 0.5) + io["zero_point"]
     return np.clip(q, info.min, info.max).astype(io["dtype"])
 
 
 def dequantize_output(q: np.ndarray, io: dict) -> np.ndarray:
-    """(q - zero point) * scale in float32, as qcompile's own dequantize computes it."""
-    y = (q.astype(np.float32) - np.float32(io["zero_point"])) * np.float32(io["scale"])
+    """(q - zero point) * scale in float32, as qcompile's own dequantize computes it (a float32 output of a
+    layer kept float: as it is)."""
+    if io["dtype"] == "float32":
+        y = q.astype(np.float32)
+    else:
+        y = (q.astype(np.float32) - np.float32(io["zero_point"])) * np.float32(io["scale"])
     return y.transpose(0, 3, 1, 2) if io["layout"] == "NHWC" and y.ndim == 4 else y
 
 
@@ -75,12 +81,18 @@ class NpuReference:
 
 
 def compare_outputs(library: Sequence[np.ndarray], reference: Sequence[np.ndarray], io: Sequence[dict]) -> dict:
-    """How far the host library's outputs are from the reference kernels', in output integers (LSB)."""
-    differing, worst, total = 0, 0, 0
+    """How far the host library's outputs are from the reference kernels': in output integers (LSB) for
+    int8 outputs; for a float32 output (a layer kept float) values differ by float rounding, counted as
+    differing beyond 1e-5 relative to the output's range, the largest difference in max_abs."""
+    differing, worst, total, max_abs = 0, 0, 0, 0.0
     for lib, ref, spec in zip(library, reference, io, strict=True):
-        lsb = np.abs(np.asarray(lib, np.float64) - np.asarray(ref, np.float64)) / spec["scale"]
-        steps = np.rint(lsb).astype(np.int64)
+        diff = np.abs(np.asarray(lib, np.float64) - np.asarray(ref, np.float64))
+        total += diff.size
+        max_abs = max(max_abs, float(diff.max(initial=0.0)))
+        if spec["scale"] is None:
+            differing += int(np.count_nonzero(diff > 1e-5 * max(float(np.abs(ref).max(initial=0.0)), 1e-30)))
+            continue
+        steps = np.rint(diff / spec["scale"]).astype(np.int64)
         differing += int(np.count_nonzero(steps))
         worst = max(worst, int(steps.max(initial=0)))
-        total += steps.size
-    return {"values": total, "differing": differing, "max_lsb": worst}
+    return {"values": total, "differing": differing, "max_lsb": worst, "max_abs": max_abs}

@@ -102,18 +102,38 @@ def test_an_operator_vela_leaves_on_the_cpu_is_named_and_npu_only_rejects_it(tmp
     assert not rejected.exists() and not list(tmp_path.glob(".rejected*"))  # no half-written artifact
 
 
-def test_a_float_op_and_a_missing_vela_fail_with_one_line(block, tmp_path, monkeypatch, capsys):
-    float_out = tmp_path / "skip"
+def test_a_float_layer_runs_on_the_cpu_and_an_op_without_tflite_form_fails_in_one_line(
+    block, tmp_path, monkeypatch, capsys
+):
     args = ["build", str(block["model"]), "--target", "npu", "--calib", str(block["calib"])]
-    assert main([*args, "--skip", "fc", "-o", str(float_out)]) == 2
+    kept = tmp_path / "kept"
+    assert main([*args, "--skip", "fc", "-o", str(kept)]) == 0  # the last layer float, on the device's CPU
+    summary = capsys.readouterr().out
+    assert (
+        "3 on the CPU (" in summary
+        and "FULLY_CONNECTED (fc): Operation has tensor with unsupported DataType Float32" in summary
+    )
+    report = tmp_path / "kept.json"
+    assert (
+        main(["verify", str(kept), "--model", str(block["model"]), "--data", str(block["eval"]), "--json", str(report)])
+        == 0
+    )
+    check = json.loads(report.read_text())["npu"]["library_vs_reference"]
+    assert check["differing"] == 0 and check["max_abs"] < 1e-4  # float32 kernels: equal up to float rounding
+
+    model = onnx.load(str(block["model"]))  # a float op TFLite has no operator for: Sin on the logits
+    model.graph.node.append(helper.make_node("Sin", ["logits"], ["waves"], name="sin"))
+    model.graph.output[0].name = "waves"
+    odd = tmp_path / "sin.onnx"
+    onnx.save(model, str(odd))
+    assert main(["build", str(odd), "--target", "npu", "--calib", str(block["calib"]), "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "the NPU graph is integer only: /fc" in err or "the NPU graph is integer only: fc" in err
-    assert not float_out.exists()
+    assert err.startswith("qcompile: error: no TFLite form for") and "(sin, float)" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
     monkeypatch.setattr("qcompile.npu.vela.shutil.which", lambda name: None)
     assert main([*args, "-o", str(tmp_path / "novela")]) == 2
     assert "Vela, which is not installed: pip install 'qcompile[npu]'" in capsys.readouterr().err
-    assert (
-        main(["build", str(block["model"]), "--npu-only", "--calib", str(block["calib"]), "-o", str(tmp_path / "x")])
-        == 2
-    )
+    x86 = ["build", str(block["model"]), "--npu-only", "--calib", str(block["calib"]), "-o", str(tmp_path / "x")]
+    assert main(x86) == 2
     assert "--npu-only is for the npu targets" in capsys.readouterr().err
