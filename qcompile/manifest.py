@@ -106,6 +106,36 @@ def schema_problems(doc: Any) -> list[str]:
     if quantization is not None:
         need("bits", int, quantization, "quantization.")
         need("config", dict, quantization, "quantization.")
+    if "npu" in doc:
+        problems += _npu_problems(doc["npu"], files or {})
+    return problems
+
+
+def _npu_problems(npu: Any, files: dict) -> list[str]:
+    """An npu artifact's section: its TFLite model listed (and hashed), its inputs and outputs described."""
+    if not isinstance(npu, dict):
+        return ["npu must be an object"]
+    problems = []
+    if not isinstance(npu.get("tflite"), str) or npu["tflite"] not in files:
+        problems.append("npu.tflite must name a file listed in files")
+    for key in ("inputs", "outputs"):
+        specs = npu.get(key)
+        if not isinstance(specs, list):
+            problems.append(f"npu.{key} must be a list")
+            continue
+        for k, spec in enumerate(specs):
+            where = f"npu.{key}[{k}]"
+            if not isinstance(spec, dict) or spec.get("dtype") not in ("int8", "float32"):
+                problems.append(f"{where} must be an object with dtype int8 or float32")
+                continue
+            quantized = spec["dtype"] == "int8"
+            scale, zero = spec.get("scale"), spec.get("zero_point")
+            if quantized and not (isinstance(scale, float) and scale > 0 and isinstance(zero, int)):
+                problems.append(f"{where} needs a positive scale and an integer zero point")
+            if spec.get("layout") not in ("NHWC", "as the ONNX model"):
+                problems.append(f"{where} has layout {spec.get('layout')!r}")
+    if not isinstance(npu.get("estimates"), dict):
+        problems.append("npu.estimates must be an object")
     return problems
 
 
@@ -118,7 +148,7 @@ def _tensor_problems(spec: Any, where: str, positive: bool) -> list[str]:
         return [f"{where} ({spec['name']!r}) has no integer shape"]
     if any(d < least for d in shape) or len(shape) > 8:
         return [f"{where} ({spec['name']!r}) has shape {shape}, not a tensor shape qcompile writes"]
-    if spec.get("dtype") not in _DTYPES:
+    if not isinstance(spec.get("dtype"), str) or spec["dtype"] not in _DTYPES:
         return [f"{where} ({spec['name']!r}) has dtype {spec.get('dtype')!r}"]
     return []
 

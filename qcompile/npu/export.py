@@ -166,19 +166,26 @@ class _Writer:
         b_quant = Quant(tuple(in_scale * w_scale), zeros, 0)
         b = self.fb.tensor(f"{layer}.bias", [cout], "int32", b_quant, np.asarray(rec["bias"], np.int64))
         out = self.output(op, binding, True)
-        common = dict(
+        self.conv(
+            depthwise, [x.index, w, b], out.index, layer, padding, strides, dilation, cout // cin, self.activation(op)
+        )
+
+    def conv(self, depthwise, inputs, out, layer, padding, strides, dilation, multiplier, activation=0) -> None:
+        """A CONV_2D or DEPTHWISE_CONV_2D operator (int8 ones are version 3, float ones version 1)."""
+        geometry = dict(
             padding=padding,
             strideH=strides[0],
             strideW=strides[1],
             dilationHFactor=dilation[0],
             dilationWFactor=dilation[1],
-            fusedActivationFunction=self.activation(op),
+            fusedActivationFunction=activation,
         )
+        version = 3 if self.fb.tensors[inputs[0]].type != 0 else 1  # 0: float32
         if depthwise:
-            options = self.fb.options("DepthwiseConv2DOptions", depthMultiplier=cout // cin, **common)
-            self.op("DEPTHWISE_CONV_2D", [x.index, w, b], [out.index], layer, options, version=3)
+            options = self.fb.options("DepthwiseConv2DOptions", depthMultiplier=multiplier, **geometry)
+            self.op("DEPTHWISE_CONV_2D", inputs, [out], layer, options, version)
         else:
-            self.op("CONV_2D", [x.index, w, b], [out.index], layer, self.fb.options("Conv2DOptions", **common), 3)
+            self.op("CONV_2D", inputs, [out], layer, self.fb.options("Conv2DOptions", **geometry), version)
 
     def padding(self, x: _Tensor, pads: list[int], kernel, strides, dilation, layer) -> int | None:
         """TFLite's VALID or SAME when the explicit pads (top, left, bottom, right) are what they mean."""

@@ -124,18 +124,7 @@ def _linear(w, b: relax.VarBinding) -> None:
     wt = w.fb.tensor(f"{layer}.weight", stored.shape, "float32", data=stored)
     bias = w.fb.tensor(f"{layer}.bias", [cout], "float32", data=np.zeros(cout, np.float32))
     out = _out(w, b, True)
-    common = dict(
-        padding=padding,
-        strideH=strides[0],
-        strideW=strides[1],
-        dilationHFactor=dilation[0],
-        dilationWFactor=dilation[1],
-    )
-    if depthwise:
-        options = w.fb.options("DepthwiseConv2DOptions", depthMultiplier=cout // x.shape[1], **common)
-        w.op("DEPTHWISE_CONV_2D", [x.index, wt, bias], [out.index], layer, options, 1)
-    else:
-        w.op("CONV_2D", [x.index, wt, bias], [out.index], layer, w.fb.options("Conv2DOptions", **common), 1)
+    w.conv(depthwise, [x.index, wt, bias], out.index, layer, padding, strides, dilation, cout // x.shape[1])
 
 
 def _mean(w, b: relax.VarBinding) -> None:

@@ -137,3 +137,6 @@ def test_a_float_layer_runs_on_the_cpu_and_an_op_without_tflite_form_fails_in_on
     x86 = ["build", str(block["model"]), "--npu-only", "--calib", str(block["calib"]), "-o", str(tmp_path / "x")]
     assert main(x86) == 2
     assert "--npu-only is for the npu targets" in capsys.readouterr().err
+    analysis = ["analyze", str(block["model"]), "--target", "npu", "--calib", str(block["calib"])]
+    assert main([*analysis, "--data", str(block["eval"]), "-o", str(tmp_path / "an")]) == 2
+    assert "no analyze for 'npu' yet" in capsys.readouterr().err and not (tmp_path / "an").exists()
