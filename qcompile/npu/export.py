@@ -18,12 +18,12 @@ from tvm import relax
 from qcompile import __version__
 from qcompile.errors import UnsupportedModelError
 from qcompile.npu.flatbuffer import FlatBufferModel, Quant
-from qcompile.npu.float_ops import FLOAT_OPS, float_problem
+from qcompile.npu.float_ops import FLOAT_OPS, TO_NHWC, float_problem
 from qcompile.passes.plan import OpPlan, QParams, QuantPlan
 from qcompile.passes.rewrite import main_bindings, op_name
 from qcompile.passes.rules.shape import PASS_THROUGH
 
-TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+TO_NCHW = (0, 3, 1, 2)  # the inverse of TO_NHWC
 _ACTIVATIONS = {None: "NONE", (0.0, np.inf): "RELU", (0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1"}
 
 
@@ -52,6 +52,11 @@ def _shape(expr: relax.Expr) -> tuple[int, ...]:
         raise UnsupportedModelError(f"tensor {expr} has no static shape: the NPU needs fixed shapes") from err
 
 
+def _stored_shape(shape: tuple[int, ...], nhwc: bool) -> tuple[int, ...]:
+    """A tensor's shape in the flatbuffer: NCHW feature maps stored NHWC."""
+    return tuple(shape[i] for i in TO_NHWC) if nhwc else shape
+
+
 def _quant(qp: QParams) -> Quant:
     return Quant((qp.scale,), (qp.zero_point,))
 
@@ -69,7 +74,7 @@ class _Writer:
         return self.qparams[self.plan.site_of(var)]
 
     def new(self, name: str, shape: tuple[int, ...], qp: QParams | None, nhwc: bool) -> _Tensor:
-        stored = tuple(shape[i] for i in TO_NHWC) if nhwc else shape
+        stored = _stored_shape(shape, nhwc)
         if qp is None:
             return _Tensor(self.fb.tensor(name, stored, "float32"), shape, nhwc, None)
         return _Tensor(self.fb.tensor(name, stored, qp.dtype, _quant(qp)), shape, nhwc, qp)
@@ -127,7 +132,7 @@ class _Writer:
 
     @staticmethod
     def stored(t: _Tensor) -> tuple[int, ...]:
-        return tuple(t.shape[i] for i in TO_NHWC) if t.nhwc else t.shape
+        return _stored_shape(t.shape, t.nhwc)
 
     def activation(self, op: OpPlan) -> int:
         name = _ACTIVATIONS.get(None if op.clamp is None else tuple(float(v) for v in op.clamp))

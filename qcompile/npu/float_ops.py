@@ -15,7 +15,7 @@ from tvm import relax
 
 from qcompile.passes.rewrite import const_value, is_const, op_name
 
-TO_NHWC = (0, 2, 3, 1)
+TO_NHWC = (0, 2, 3, 1)  # NCHW -> NHWC, the flatbuffer's layout of feature maps
 _UNARY = {
     "relax.sigmoid": "LOGISTIC",
     "relax.tanh": "TANH",
