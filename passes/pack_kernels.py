@@ -11,7 +11,10 @@ instruction can use, and knows nothing of the zero-point padding realize put in 
   per-channel int32 multiplier) becomes one op reading `c` itself: Relax fusion will not pull a
   constant-only producer into a conv's group, and the widening must happen inside the kernel, where
   LLVM sees two 32-bit operands and emits one 32x32->64 multiply instead of a 64-bit one;
-- Relax fusion then puts the epilogue into the kernel's PrimFunc.
+- Relax fusion then puts the epilogue into the kernel's PrimFunc;
+- with `pack_bits` (a build with weights below 8 bits), an int8 kernel constant with at most 2^b distinct
+  values (b <= pack_bits) is stored bit-packed and unpacked to int8 by a kernel of its own on each call
+  (`qcompile.kernels.bitpack`): the library shrinks, the arithmetic does not change.
 The result computes exactly what the realized IR computes (tests/passes/test_pack_kernels.py).
 """
 
@@ -21,10 +24,12 @@ import numpy as np
 import tvm
 from tvm import relax, topi
 
-from qcompile.kernels import compute
+from qcompile.kernels import bitpack, compute
 from qcompile.passes.rewrite import Env, const_value, copy_binding, is_const, main_bindings, op_name, replay, var_uses
 
 INT8 = ("uint8", "int8")
+OPAQUE = 8  # relax's OpPatternKind kOpaque: the unpack kernel stays a kernel of its own
+MIN_PACKED = 64  # weights below which a table and a stream save nothing worth a kernel launch
 WIDENING_OPS = {"relax.multiply": topi.multiply, "relax.add": topi.add}
 
 
@@ -70,8 +75,14 @@ def dot4_dense_weight(kn: np.ndarray, form: str = "quad", lanes: int = 0) -> np.
 
 class _Packer:
     def __init__(
-        self, bindings: list[relax.VarBinding], uses: dict[relax.Var, int], dot_form: str, lanes: tuple[int, ...]
+        self,
+        bindings: list[relax.VarBinding],
+        uses: dict[relax.Var, int],
+        dot_form: str,
+        lanes: tuple[int, ...],
+        pack_bits: int = 0,
     ) -> None:
+        self.pack_bits = pack_bits
         self.dot_form = dot_form
         self.lanes = lanes
         self.pads = {b.var: b.value for b in bindings if op_name(b.value) == "relax.nn.pad"}
@@ -104,6 +115,26 @@ class _Packer:
             return op(a, topi.cast(c, dtype))
 
         return bb.call_te(widening_op, env.get(x, x), self.widened[y], primfunc_name_hint=op.__name__ + "_widened")
+
+    def weights(self, bb: relax.BlockBuilder, laid_out: np.ndarray) -> relax.Expr:
+        """An int8 kernel's weights: the constant, or its packed stream unpacked by a kernel."""
+        packed = None
+        if self.pack_bits and laid_out.dtype == np.int8 and laid_out.size >= MIN_PACKED:
+            packed = bitpack.pack(laid_out, self.pack_bits)
+        if packed is None:
+            return relax.const(laid_out)
+        stream, table, bits = packed
+        call = bb.call_te(
+            bitpack.unpack,
+            relax.const(stream),
+            relax.const(table),
+            shape=laid_out.shape,
+            bits=bits,
+            primfunc_name_hint=f"unpack_weights_{bits}bit",
+        )
+        gvar = call.args[0]
+        bb.update_func(gvar, bb.get()[gvar].with_attr("op_pattern", OPAQUE))
+        return bb.emit(call)
 
     def form_for(self, out_channels: int) -> tuple[str, int]:
         """The dot form and lane width for a layer: `pairs` needs a lane width dividing the output
@@ -156,14 +187,15 @@ class _Packer:
             out_dtype=out_dtype,
         )
         if depthwise:
-            kernel = relax.const(np.ascontiguousarray(w[:, :, 0, :]))
+            taps = np.ascontiguousarray(w[:, :, 0, :])
+            kernel = self.weights(bb, taps) if integer else relax.const(taps)
             return bb.call_te(compute.depthwise_conv2d_nhwc, x, kernel, **kwargs, primfunc_name_hint="depthwise")
         if integer:
             if channels % compute.DOT_K:
                 extra = compute.DOT_K - channels % compute.DOT_K
                 x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 0, 0, 0, extra], pad_value=0.0))
             form, lanes = self.form_for(w.shape[3])
-            kernel = relax.const(pairs_conv_weight(w, lanes) if form == "pairs" else dot4_conv_weight(w))
+            kernel = self.weights(bb, pairs_conv_weight(w, lanes) if form == "pairs" else dot4_conv_weight(w))
             kwargs["dot_form"] = form
         else:
             kernel = weight
@@ -189,7 +221,7 @@ class _Packer:
             if k % compute.DOT_K:
                 x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, compute.DOT_K - k % compute.DOT_K], pad_value=0.0))
             form, lanes = self.form_for(n)
-            kernel = relax.const(dot4_dense_weight(w, form, lanes))
+            kernel = self.weights(bb, dot4_dense_weight(w, form, lanes))
         else:
             form, kernel = "quad", weight
         out = bb.call_te(compute.dense, x, kernel, out_dtype=out_dtype, dot_form=form, primfunc_name_hint="dense")
@@ -201,15 +233,17 @@ class _Packer:
 @tvm.transform.module_pass(opt_level=0, name="qcompile.PackKernels")
 class PackKernels:
     """Channels-last conv2d / depthwise / matmul with constant weights -> qcompile kernels. `dot_form`
-    is the target's int8 dot-product form ("quad" or "pairs", `qcompile.kernels.intrinsics`) and
-    `lanes` the widths of its instructions, widest first."""
+    is the target's int8 dot-product form ("quad" or "pairs", `qcompile.kernels.intrinsics`),
+    `lanes` the widths of its instructions, widest first, and `pack_bits` the widest index (bits) at
+    which int8 weights are stored bit-packed (0: never)."""
 
-    def __init__(self, dot_form: str = "quad", lanes: tuple[int, ...] = ()) -> None:
+    def __init__(self, dot_form: str = "quad", lanes: tuple[int, ...] = (), pack_bits: int = 0) -> None:
         self.dot_form = dot_form
         self.lanes = lanes
+        self.pack_bits = pack_bits
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         func = mod["main"]
         bindings = main_bindings(func)
-        packer = _Packer(bindings, var_uses(bindings, func), self.dot_form, self.lanes)
+        packer = _Packer(bindings, var_uses(bindings, func), self.dot_form, self.lanes, self.pack_bits)
         return relax.transform.DeadCodeElimination()(replay(mod, packer.step))

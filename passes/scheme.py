@@ -10,7 +10,7 @@ is derived here, from the spec, in one place."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 # integer type -> (qmin, qmax) of the full range
 DTYPE_RANGES = {
@@ -24,6 +24,14 @@ DTYPE_RANGES = {
 DTYPE_BITS = {"int2": 2, "int4": 4, "uint4": 4, "int8": 8, "uint8": 8, "int16": 16}
 GRANULARITIES = ("tensor", "channel", "group", "token")
 SCALES = ("any", "pow2")
+# Which integers a weight may take (always within its dtype's range; the scale is per channel):
+#   uniform   every integer of the range
+#   pow2      0 and +-2^k, k = 0..6: a sign and a 3-bit exponent, 4 bits (a multiply becomes a shift)
+#   ternary   -1, 0, +1 (Ternary Weight Networks): 2 bits
+#   binary    -1, +1 (XNOR-Net): 1 bit
+#   codebook  k int8 centroids found by k-means over the layer's channel-normalized weights: log2(k) bits
+LEVELS = ("uniform", "pow2", "ternary", "binary", "codebook")
+LEVEL_BITS = {"pow2": 4, "ternary": 2, "binary": 1}
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,8 @@ class QuantSpec:
     narrow: bool = False  # symmetric without the most negative level (int8 weights in [-127, 127])
     scale: str = "any"  # "pow2": every scale a power of two (shift-only requantize)
     dynamic: bool = False  # the scale is computed at run time from the tensor itself
+    levels: str = "uniform"  # which integers of the range a weight may take (LEVELS)
+    codebook_size: int | None = None  # levels "codebook": the number of centroids, a power of two in 2..256
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_RANGES:
@@ -55,10 +65,29 @@ class QuantSpec:
             raise ValueError("a narrow range is symmetric")
         if self.scale not in SCALES:
             raise ValueError(f"scale constraint must be one of {SCALES}, got {self.scale!r}")
+        if self.levels not in LEVELS:
+            raise ValueError(f"levels must be one of {LEVELS}, got {self.levels!r}")
+        if (self.levels == "codebook") != (self.codebook_size is not None):
+            raise ValueError("a codebook size goes with levels 'codebook', and only with it")
+        if self.codebook_size is not None and not is_codebook_size(self.codebook_size):
+            raise ValueError(f"codebook size must be a power of two in 2..256, got {self.codebook_size}")
+        if self.levels != "uniform" and not (self.symmetric and self.granularity == "channel"):
+            raise ValueError(f"{self.levels} weights are symmetric with one scale per channel")
 
     @property
     def bits(self) -> int:
-        return DTYPE_BITS[self.dtype]
+        """Bits one integer takes in storage: its dtype's width, or its levels' index width."""
+        if self.levels == "codebook":
+            assert self.codebook_size is not None
+            return self.codebook_size.bit_length() - 1
+        return LEVEL_BITS.get(self.levels, DTYPE_BITS[self.dtype])
+
+    @property
+    def name(self) -> str:
+        """The scheme's short name in reports: int8, int4, pow2, ternary, codebook16, ..."""
+        if self.levels == "codebook":
+            return f"codebook{self.codebook_size}"
+        return self.dtype if self.levels == "uniform" else self.levels
 
     @property
     def qmin(self) -> int:
@@ -75,11 +104,18 @@ class QuantSpec:
         return {"int2": "int8", "int4": "int8", "uint4": "uint8"}.get(self.dtype, self.dtype)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        doc = asdict(self)
+        if self.levels == "uniform":  # as artifacts from before other levels had it
+            del doc["levels"], doc["codebook_size"]
+        return doc
 
     @staticmethod
     def from_json(doc: dict) -> QuantSpec:
         return QuantSpec(**doc)
+
+
+def is_codebook_size(k: int) -> bool:
+    return 2 <= k <= 256 and k & (k - 1) == 0
 
 
 # The specs qcompile's kernels take today.
@@ -87,6 +123,30 @@ ACT_UINT8 = QuantSpec("uint8", symmetric=False)  # x86/ARM: u8 x s8 dot products
 ACT_INT8 = QuantSpec("int8", symmetric=True)
 ACT_INT16 = QuantSpec("int16", symmetric=True)
 WEIGHT_INT8 = QuantSpec("int8", symmetric=True, granularity="channel", narrow=True)
+
+
+# Weight schemes below 8 bits with integer activations (the precisions of the same names): integers that
+# are int8 values, so the int8 kernels compute them exactly, stored packed at `bits` in the library.
+SUB8_WEIGHTS = ("int4", "int2", "pow2", "ternary", "binary", "codebook")
+DEFAULT_CODEBOOK = 16
+
+
+def weight_scheme(name: str, codebook_size: int = DEFAULT_CODEBOOK) -> QuantSpec:
+    """The per-channel weight spec of a precision: int8, int4 (-7..7), int2 (-2..1), pow2, ternary,
+    binary or codebook (`codebook_size` centroids)."""
+    if name == "int8":
+        return WEIGHT_INT8
+    if name == "int4":
+        return QuantSpec("int4", symmetric=True, granularity="channel", narrow=True)
+    if name == "int2":
+        return QuantSpec("int2", symmetric=True, granularity="channel")
+    if name in ("ternary", "binary"):
+        return QuantSpec("int2", symmetric=True, granularity="channel", narrow=True, levels=name)
+    if name == "pow2":
+        return QuantSpec("int8", symmetric=True, granularity="channel", narrow=True, levels="pow2")
+    if name == "codebook":
+        return replace(WEIGHT_INT8, levels="codebook", codebook_size=codebook_size)
+    raise ValueError(f"unknown weight scheme {name!r}")
 
 
 def weight_int4(group_size: int) -> QuantSpec:
@@ -107,6 +167,9 @@ def stored_bytes(spec: QuantSpec, shape: tuple[int, ...], channel_axis: int) -> 
     for dim in shape:
         elements *= int(dim)
     integers = -(-elements * spec.bits // 8)
+    if spec.levels == "codebook":
+        assert spec.codebook_size is not None
+        integers += spec.codebook_size  # the int8 centroids
     if spec.granularity == "group":
         assert spec.group_size is not None
         scales = elements // spec.group_size

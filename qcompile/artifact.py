@@ -273,8 +273,9 @@ def _write_json(path: Path, doc: dict, compact: bool = False) -> None:
 
 
 def weight_storage(mod, plan) -> dict:
-    """What the integer layers' weights take in the library, per scheme and in all, against fp32: e.g.
-    a weight-only int4 encoder's linear layers at 14.5% of their fp32 bytes. `mod`: the canonical Relax
+    """What the integer layers' weights take in the library, per scheme, per layer and in all, against
+    fp32: e.g. a weight-only int4 encoder's linear layers at 14.5% of their fp32 bytes. Bytes count the
+    integers at the scheme's width (a codebook's indices and its centroids) and the scales. `mod`: the canonical Relax
     module the plan was made on."""
     import numpy as np
 
@@ -284,6 +285,7 @@ def weight_storage(mod, plan) -> dict:
 
     values = {b.var.name: b.value for b in main_bindings(mod["main"])}
     by_scheme: dict[str, dict[str, int]] = {}
+    by_layer: dict[str, dict] = {}
     for op in plan.ops:
         if op.layer is None or op.weight is None or op.var not in values:
             continue
@@ -296,16 +298,24 @@ def weight_storage(mod, plan) -> dict:
         axis = 0 if table or op_name(call) == "relax.nn.conv2d" else len(shape) - 1
         if op.weight.granularity == "group":  # groups run along a matmul's input channels
             axis = len(shape) - 1
-        kind = f"{op.weight.dtype}/{op.weight.granularity}" + (
+        kind = f"{op.weight.name}/{op.weight.granularity}" + (
             f"{op.weight.group_size}" if op.weight.granularity == "group" else ""
         )
         entry = by_scheme.setdefault(kind, {"layers": 0, "fp32_bytes": 0, "stored_bytes": 0})
         entry["layers"] += 1
         entry["fp32_bytes"] += 4 * int(np.prod(shape))
-        entry["stored_bytes"] += stored_bytes(op.weight, shape, axis)
+        stored_layer = stored_bytes(op.weight, shape, axis)
+        entry["stored_bytes"] += stored_layer
+        by_layer[op.layer] = {"scheme": kind, "bits": op.weight.bits, "stored_bytes": stored_layer}
     fp32 = sum(e["fp32_bytes"] for e in by_scheme.values())
     stored = sum(e["stored_bytes"] for e in by_scheme.values())
     for entry in by_scheme.values():
         entry["fraction"] = round(entry["stored_bytes"] / max(entry["fp32_bytes"], 1), 4)
     fraction = round(stored / max(fp32, 1), 4)
-    return {"fp32_bytes": fp32, "stored_bytes": stored, "fraction": fraction, "by_scheme": by_scheme}
+    return {
+        "fp32_bytes": fp32,
+        "stored_bytes": stored,
+        "fraction": fraction,
+        "by_scheme": by_scheme,
+        "by_layer": by_layer,
+    }

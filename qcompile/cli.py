@@ -215,7 +215,7 @@ def _build(args: argparse.Namespace) -> int:
 def _integer_weights_note(doc: dict) -> str:
     """'; integer layers' weights 10.6 MB -> 1.5 MB (14.5%)' when some layer stores sub-8-bit weights."""
     schemes = doc.get("by_scheme", {})
-    if not any(k.startswith(("int4", "uint4", "int2")) for k in schemes):
+    if all(k.startswith(("int8", "uint8", "int16")) for k in schemes):
         return ""
     parts = ", ".join(f"{k}: {100 * v['fraction']:.1f}% of fp32 ({v['layers']} layers)" for k, v in schemes.items())
     return f"; integer weights {parts}"

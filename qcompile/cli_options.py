@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from qcompile.config import DEFAULT_METHOD, WEIGHT_ROUNDINGS
+from qcompile.config import DEFAULT_METHOD, WEIGHT_ROUNDINGS, WEIGHT_SCHEMES
+from qcompile.passes.scheme import DEFAULT_CODEBOOK
 from qcompile.threads import ENV as THREAD_POOL_ENV
 from qcompile.threads import POOLS
 
@@ -42,8 +43,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--precision",
         metavar="RULES",
         help="per-layer precision: NAME=PREC,GLOB=PREC,default=PREC with PREC int8, int16 (16-bit activations "
-        "into the layer), fp16 (GPU targets) or fp32; an exact ONNX node name wins over a glob, the last "
-        "matching glob over earlier ones, both over the default (--bits); e.g. conv_12=int16,/blocks.3/*=fp32",
+        "into the layer), fp16 (GPU targets), fp32, w8a16/w4a16 (weight-only) or a weight scheme below 8 bits "
+        "(int4, int2, pow2, ternary, binary, codebook, codebookK; see --weights); an exact ONNX node name wins "
+        "over a glob, the last matching glob over earlier ones, both over the default (--bits, --weights); "
+        "e.g. conv_12=int16,/blocks.3/*=fp32,default=pow2",
     )
     p.add_argument(
         "--precision-file",
@@ -98,11 +101,23 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--weights",
-        choices=["int8", "int4"],
+        choices=WEIGHT_SCHEMES,
         default="int8",
-        help="int8 (default): int8 per-channel weights with integer activations; int4: matmul layers become "
-        "weight-only int4 (w4a16: float activations, int4 weights in groups of --group-size input channels, "
-        "packed two per byte); --precision rules (w4a16, w8a16, int8, ...) still win per layer",
+        help="the weight scheme of every layer with constant weights that no --precision rule names, with "
+        "int8 activations and one scale per output channel: int8 (default); int4 (-7..7; matmul layers "
+        "become weight-only w4a16 instead: float activations, int4 weights in groups of --group-size input "
+        "channels); int2 (-2..1); pow2 (0 and +-2^k, k=0..6: 4 bits); ternary (-a, 0, +a: 2 bits); binary "
+        "(-a, +a with a = mean|w|: 1 bit); codebook (--codebook-size int8 centroids by k-means: log2 k bits). "
+        "Below 8 bits the library stores the weights bit-packed at that width (x86 and ARM; CUDA keeps "
+        "int8) and unpacks them to int8 for the kernels, so results stay exact and identical across targets",
+    )
+    p.add_argument(
+        "--codebook-size",
+        type=int,
+        default=DEFAULT_CODEBOOK,
+        metavar="K",
+        help="centroids of the codebook scheme, a power of two in 2..256 (default 16: 4-bit indices); "
+        "--precision also takes codebookK per layer",
     )
     p.add_argument(
         "--group-size",
@@ -159,6 +174,7 @@ def config_from_args(args: argparse.Namespace):
         activations=args.activations,
         weights=args.weights,
         group_size=args.group_size,
+        codebook_size=args.codebook_size,
         float_dtype="float16" if args.fp16 else "float32",
         precision=precision,
         npu_only=args.npu_only,

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 from qcompile.calibration.methods import CALIBRATORS, MethodOptions
 from qcompile.errors import InputError
-from qcompile.precision import PrecisionSpec
+from qcompile.passes.scheme import DEFAULT_CODEBOOK, is_codebook_size
+from qcompile.precision import SUB8, PrecisionSpec
 from qcompile.targets import TARGETS
 
 FLOAT_BITS = 32  # --bits 32: no quantization, the float library (the fp32 baseline for benchmarks)
@@ -14,6 +15,7 @@ STAGES = ("load", "canonicalize", "annotate", "calibrate", "realize", "build", "
 # Measured best on both real models (README, the table under "Bias correction"): MSE with bias correction.
 DEFAULT_METHOD = "mse"
 WEIGHT_ROUNDINGS = ("gptq", "nearest")
+WEIGHT_SCHEMES = ("int8", *SUB8)  # --weights
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,9 @@ class BuildConfig:
     weight_rounding: str = "gptq"  # "gptq": output-error-aware rounding from calibration data; "nearest"
     smooth: str = "auto"  # SmoothQuant: "auto" (alpha per site, only where it halves the error), "off", "0.5"
     activations: str = "static"  # "dynamic": layer inputs quantized at run time, per token (no calibration)
-    weights: str = "int8"  # "int4": matmul layers weight-only int4 (w4a16) by default, groups of group_size
+    weights: str = "int8"  # the default weight scheme (WEIGHT_SCHEMES); "int4" makes matmul layers w4a16
     group_size: int = 64
+    codebook_size: int = DEFAULT_CODEBOOK  # centroids of the codebook scheme (a power of two in 2..256)
     float_dtype: str = "float32"  # float layers' dtype: float16 on GPU targets (--fp16)
     precision: PrecisionSpec = PrecisionSpec()  # per-layer precision rules (--precision, --precision-file)
     npu_only: bool = False  # npu targets: fail when the NPU compiler leaves any operator on the CPU
@@ -48,8 +51,12 @@ class BuildConfig:
             MethodOptions(percentile=self.percentile)
         except ValueError as exc:
             raise InputError(f"--percentile: {exc}") from None
-        if self.weights not in ("int8", "int4"):
-            raise InputError(f"--weights {self.weights!r}: choose int8 or int4")
+        if self.weights not in WEIGHT_SCHEMES:
+            raise InputError(f"--weights {self.weights!r}: choose one of {', '.join(WEIGHT_SCHEMES)}")
+        if not is_codebook_size(self.codebook_size):
+            raise InputError(f"--codebook-size {self.codebook_size}: scheme codebook needs a power of two in 2..256")
+        if self.weights != "int8" and self.bits != 8:
+            raise InputError(f"--weights {self.weights} goes with --bits 8 (int8 activations)")
         if self.group_size <= 0 or self.group_size % 2:
             raise InputError(f"--group-size {self.group_size} must be a positive even number (32, 64, 128)")
         if self.activations not in ("static", "dynamic"):
@@ -125,5 +132,6 @@ class BuildConfig:
         doc.setdefault("activations", "static")
         doc.setdefault("weights", "int8")
         doc.setdefault("group_size", 64)
+        doc.setdefault("codebook_size", DEFAULT_CODEBOOK)
         doc.setdefault("npu_only", False)
         return BuildConfig(**doc)

@@ -34,8 +34,11 @@ BUILD_CONFIG = {"tirx.disable_assert": True}
 ScheduleHook = Callable[[tvm.IRModule], tvm.IRModule]
 
 
-def lower(mod: tvm.IRModule, target: tvm.target.Target, kernels: CpuKernelSpec | None) -> tvm.IRModule:
-    """Layout, pack, legalize and fuse. The PrimFuncs of the result are the tuning tasks."""
+def lower(
+    mod: tvm.IRModule, target: tvm.target.Target, kernels: CpuKernelSpec | None, pack_bits: int = 0
+) -> tvm.IRModule:
+    """Layout, pack, legalize and fuse. The PrimFuncs of the result are the tuning tasks. `pack_bits`:
+    int8 weights with at most 2^pack_bits distinct values are stored bit-packed (weights below 8 bits)."""
     legalize = None
     if kernels is not None:
         from qcompile.kernels.fastmath import LEGALIZE
@@ -47,7 +50,7 @@ def lower(mod: tvm.IRModule, target: tvm.target.Target, kernels: CpuKernelSpec |
 
         dots = [lookup(name) for name in kernels.dot_u8s8]
         form = dots[0].form if dots else "quad"
-        mod = PackKernels(form, tuple(d.lanes for d in dots))(ChannelsLast()(mod))
+        mod = PackKernels(form, tuple(d.lanes for d in dots), pack_bits)(ChannelsLast()(mod))
     with target:
         return tvm.transform.Sequential(
             [
@@ -121,11 +124,12 @@ def compile_module(
     kernels: CpuKernelSpec | None = None,
     apply_records: ScheduleHook | None = None,
     inventory: list | None = None,
+    pack_bits: int = 0,
 ) -> relax.Executable:
     """Lower, schedule (tuning records first, then defaults), then build with tvm.compile (always handed a
     Target, never a dict). `inventory`: a list to extend with the scheduled module's kernel table
     (qcompile.profile.kernel_table, without the tuned marks the caller knows)."""
-    lowered = lower(mod, target, kernels)
+    lowered = lower(mod, target, kernels, pack_bits)
     if apply_records is not None:
         lowered = apply_records(lowered)
     if kernels is not None:
@@ -148,9 +152,10 @@ def compile_stage(
     tuning_db: str | Path | None = None,
     require_tuned: bool = False,
     float_dtype: str = "float32",
+    pack_bits: int = 0,
 ) -> tuple[tvm.runtime.Module, dict]:
     """Compile with the tuning database's records where it has them, default templates elsewhere.
-    Returns the executable and what was applied (for the manifest)."""
+    Returns the executable and what was applied (for the manifest). `pack_bits`: see `lower`."""
     from qcompile.errors import InputError
     from qcompile.tuning.database import TuningDB, folder_name, key_of
     from qcompile.tuning.tasks import Applied, apply_records
@@ -178,7 +183,9 @@ def compile_stage(
     if float_dtype == "float16":
         mod = to_float16(mod)
     inventory: list[dict] = []
-    executable = compile_module(mod, target.tvm(), target.kernels, apply_records=checked, inventory=inventory)
+    executable = compile_module(
+        mod, target.tvm(), target.kernels, apply_records=checked, inventory=inventory, pack_bits=pack_bits
+    )
     schedules = {"tuned": sorted(applied.tuned), "default": sorted(applied.untuned)}
     for site in inventory:
         if site["kernel"] in applied.tuned:

@@ -28,8 +28,15 @@ from qcompile.passes.annotate import annotate, resolve_skips
 from qcompile.passes.canonicalize import canonicalize
 from qcompile.passes.plan import QParams, QuantPlan
 from qcompile.passes.realize import Calibration, RealizeIntegerOps
-from qcompile.passes.scheme import DYNAMIC_INT8, WEIGHT_INT8, weight_int4
-from qcompile.precision import FLOAT_PRECISIONS, WEIGHT_ONLY, PrecisionSpec, default_precision
+from qcompile.passes.scheme import DYNAMIC_INT8, WEIGHT_INT8, weight_int4, weight_scheme
+from qcompile.precision import (
+    FLOAT_PRECISIONS,
+    WEIGHT_ONLY,
+    PrecisionSpec,
+    codebook_size_of,
+    default_precision,
+    is_sub8,
+)
 from qcompile.profile import KERNELS_FILE
 from qcompile.targets import TARGETS, TargetSpec
 from qcompile.targets.backend import PackageInputs
@@ -100,9 +107,22 @@ def layer_precisions(canon: Canonical, config: BuildConfig) -> dict[str, str]:
     weighted = _constant_weight_matmuls(canon)
     matmuls = set(canon.model.layer_names().get("relax.matmul", []))
     if config.weights == "int4":  # --weights int4: every matmul layer no rule names is weight-only int4,
-        for name in names:  # and attention's stay float
+        for name in names:  # and attention's stay float; convs take int4 weights with int8 activations
             if name in matmuls and not config.precision.names(name):
                 resolved[name] = "w4a16" if name in weighted else "fp32"
+    if config.weights != "int8":  # the default scheme of every other layer with constant weights
+        scheme = config.weights if config.weights != "codebook" else f"codebook{config.codebook_size}"
+        for name in names:
+            if resolved[name] == "int8" and not config.precision.names(name) and name not in matmuls - weighted:
+                resolved[name] = scheme
+    for name in names:  # a sub-8-bit scheme needs constant weights: named exactly, a layer without is an error
+        if is_sub8(resolved[name]) and name in matmuls and name not in weighted:
+            if any(pattern == name for pattern, _ in config.precision.rules):
+                raise InputError(
+                    f"layer {name!r} (a matmul of two activations) cannot take the {resolved[name]} scheme: "
+                    "it has no constant weights"
+                )
+            resolved[name] = default_precision(config.bits)
     for name in names:  # a weight-only rule (a glob over a block) leaves matmuls of two activations as they were
         if resolved[name] in WEIGHT_ONLY and name in matmuls and name not in weighted:
             resolved[name] = default_precision(config.bits)
@@ -135,6 +155,16 @@ def annotate_stage(canon: Canonical, config: BuildConfig, target: TargetSpec) ->
     layer_weight = {
         name: weight_int4(config.group_size) if p == "w4a16" else WEIGHT_INT8 for name, p in weight_only.items()
     }
+    sub8 = {name: p for name, p in precisions.items() if is_sub8(p)}
+    if sub8 and target.arithmetic == "tflite":
+        name, p = next(iter(sub8.items()))
+        raise InputError(
+            f"layer {name!r} cannot take the {p} scheme on target {config.target!r}: its TFLite kernels "
+            "store int8 weights (use int8, int16 or fp32 there)"
+        )
+    for name, p in sub8.items():
+        k = codebook_size_of(p)
+        layer_weight[name] = weight_scheme("codebook", k) if k is not None else weight_scheme(p, config.codebook_size)
     return annotate(
         canon.mod,
         layer_of=canon.layer_of,
@@ -226,6 +256,16 @@ def calibrate_stage(
             if hessian is not None:
                 rounding.hessians[op] = hessian
     return {**result, **given}  # the graph's scales win: they were trained (or chosen) with the model
+
+
+def packed_bits(plan: QuantPlan) -> int:
+    """The widest index of the build's per-channel weights below 8 bits (what the library packs), 0 if none."""
+    widths = [
+        op.weight.bits
+        for op in plan.ops
+        if op.weight is not None and op.weight.granularity == "channel" and op.weight.bits < 8
+    ]
+    return max(widths, default=0)
 
 
 def layer_input_moments(canon: Canonical, plan: QuantPlan) -> dict[str, tuple[str, InputMoments]]:
@@ -371,7 +411,9 @@ def compile_and_write(
     assert result.realized is not None and result.plan is not None and result.qparams is not None
     t = time.perf_counter()
     config = result.config
-    executable, schedules = compile_stage(result.realized, target, tuning_db, require_tuned, config.float_dtype)
+    executable, schedules = compile_stage(
+        result.realized, target, tuning_db, require_tuned, config.float_dtype, packed_bits(result.plan)
+    )
     result.timings["build"] = round(time.perf_counter() - t, 3)
     if output is None:  # --stop-after build
         return

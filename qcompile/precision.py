@@ -12,6 +12,12 @@ match no layer are errors: a typo must not silently leave the model all-int8.
   w8a16  weight-only int8: float activations x int8 per-channel weights, dequantized in the kernel
   w4a16  weight-only int4: float activations x int4 weights with one scale per group of --group-size
          input channels, packed two per byte in the library and unpacked in the kernel (matmul layers)
+
+Weights below 8 bits with integer (int8) activations, one scale per output channel, the integers stored
+bit-packed in the library and unpacked to int8 for the int8 kernels (conv and constant-weight matmul):
+  int4      uniform -7..7 (4 bits)          int2      uniform -2..1 (2 bits)
+  pow2      0 and +-2^k, k = 0..6 (4 bits)  ternary   -1, 0, +1 (2 bits)      binary   -1, +1 (1 bit)
+  codebook  --codebook-size int8 centroids found by k-means (log2 k bits); codebookK names K per layer
 """
 
 from __future__ import annotations
@@ -22,11 +28,34 @@ from pathlib import Path
 
 from qcompile.errors import InputError
 
-PRECISIONS = ("int8", "int16", "fp16", "fp32", "w8a16", "w4a16")
+SUB8 = ("int4", "int2", "pow2", "ternary", "binary", "codebook")  # weights below 8 bits, int8 activations
+PRECISIONS = ("int8", "int16", "fp16", "fp32", "w8a16", "w4a16", *SUB8)
 FLOAT_PRECISIONS = ("fp16", "fp32")
 WEIGHT_ONLY = ("w8a16", "w4a16")  # float activations, integer weights
 BITS_OF = {"int8": 8, "int16": 16}
 _GLOB_CHARS = set("*?[")
+
+
+def codebook_size_of(precision: str) -> int | None:
+    """K of a `codebookK` precision (None for any other name)."""
+    digits = precision.removeprefix("codebook")
+    return int(digits) if precision.startswith("codebook") and digits.isdigit() else None
+
+
+def is_sub8(precision: str) -> bool:
+    return precision in SUB8 or codebook_size_of(precision) is not None
+
+
+def _check(precision: str, where: str) -> None:
+    from qcompile.passes.scheme import is_codebook_size
+
+    k = codebook_size_of(precision)
+    if k is not None:
+        if not is_codebook_size(k):
+            raise InputError(f"{where}: scheme {precision!r}: a codebook size must be a power of two in 2..256")
+        return
+    if precision not in PRECISIONS:
+        raise InputError(f"{where}: precision {precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
 def is_glob(pattern: str) -> bool:
@@ -42,12 +71,11 @@ class PrecisionSpec:
 
     def __post_init__(self) -> None:
         for pattern, precision in self.rules:
-            if precision not in PRECISIONS:
-                raise InputError(f"precision {precision!r} for {pattern!r} is not one of {', '.join(PRECISIONS)}")
+            _check(precision, f"layer {pattern!r}")
             if not pattern:
                 raise InputError("a precision rule has an empty layer name")
-        if self.default is not None and self.default not in PRECISIONS:
-            raise InputError(f"default precision {self.default!r} is not one of {', '.join(PRECISIONS)}")
+        if self.default is not None:
+            _check(self.default, "default")
 
     @staticmethod
     def parse(text: str) -> PrecisionSpec:

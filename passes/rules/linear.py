@@ -20,6 +20,7 @@ from qcompile.passes.rules.base import AnnotateContext, QTensor, RealizeContext,
 from qcompile.passes.rules.chain import apply_activation, follow_chain
 from qcompile.passes.rules.emit import channel_shape, clamp_bounds, int_const, quantize, requantize
 from qcompile.passes.rules.fixed_point import bits_needed
+from qcompile.passes.rules.weight_levels import levels_of, quantize_levels
 from qcompile.passes.scheme import WEIGHT_INT8, QuantSpec, accumulator
 
 
@@ -57,14 +58,22 @@ def graph_integers(
 
 
 def quantize_weight(
-    weight: np.ndarray, axis: int, min_scale: np.ndarray | float = 0.0, spec: QuantSpec = WEIGHT_INT8
+    weight: np.ndarray,
+    axis: int,
+    min_scale: np.ndarray | float = 0.0,
+    spec: QuantSpec = WEIGHT_INT8,
+    layer: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-channel integers of `spec` along `axis`: (integer weights, per-channel scales).
+    Below 8 bits (int4, int2, pow2, ternary, binary, codebook) the scale minimises the squared error
+    (weight_levels); int8 takes absmax / 127.
 
     `min_scale` floors each channel's scale: a dead channel (weights ~0 after batch-norm folding) with
     a real bias would otherwise need a bias of bias / (s_x * s_w) that overflows the accumulator."""
     if not spec.symmetric or spec.granularity != "channel":
         raise ValueError(f"per-channel symmetric weights expected, got {spec}")
+    if spec.bits < 8:
+        return quantize_levels(weight, axis, spec, min_scale, layer)
     moved = np.moveaxis(weight.astype(np.float64), axis, 0)
     absmax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
     scale = np.maximum(absmax / spec.qmax, min_scale)
@@ -93,10 +102,12 @@ class _Dynamic:
             bias = np.broadcast_to(const_value(ctx.binding(plan.bias).value.args[1]).reshape(-1), (channels,))
         w_spec = plan.weight or WEIGHT_INT8
         given = graph_integers(ctx.weight_scales, plan.layer, weight, self.weight_axis, w_spec, False)
-        wq, w_scale = given or quantize_weight(weight, self.weight_axis, 0.0, w_spec)
+        wq, w_scale = given or quantize_weight(weight, self.weight_axis, 0.0, w_spec, plan.layer or "")
         if ctx.rounding is not None and given is None:
+            levels = None if w_spec.levels == "uniform" else levels_of(w_spec, wq)
+            groups = self.row_groups(call, channels)
             rows = ctx.rounding.round(
-                plan.var, self.rows(weight), w_scale, self.row_groups(call, channels), w_spec.qmax
+                plan.var, self.rows(weight), w_scale, groups, w_spec.qmax, None, w_spec.qmin, levels
             )
             wq = self.from_rows(rows, weight.shape).astype(w_spec.storage)
         ndim = len(call.args[0].ty.shape)
@@ -246,12 +257,15 @@ class LinearRule(_Dynamic):
         if given is not None:  # a pre-quantized model's integers and scales, exactly as trained
             wq, w_scale = given
         else:
-            wq, w_scale = quantize_weight(weight, self.weight_axis, min_scale, w_spec)
+            wq, w_scale = quantize_weight(weight, self.weight_axis, min_scale, w_spec, plan.layer or "")
         if ctx.rounding is not None and given is None:
             groups = self.row_groups(call, channels)
             taps = self.rows(weight).shape[1] // (len(divisor) if divisor is not None else 1)
             input_scale = None if divisor is None else np.repeat(divisor, taps)
-            rows = ctx.rounding.round(plan.var, self.rows(weight), w_scale, groups, w_spec.qmax, input_scale)
+            levels = None if w_spec.levels == "uniform" else levels_of(w_spec, wq)
+            rows = ctx.rounding.round(
+                plan.var, self.rows(weight), w_scale, groups, w_spec.qmax, input_scale, w_spec.qmin, levels
+            )
             wq = self.from_rows(rows, weight.shape).astype(w_spec.storage)
         mean = ctx.input_mean(call.args[0]) if given is None else None
         if mean is not None:

@@ -93,12 +93,25 @@ class InputMoments:
         return self.sum / self.count
 
 
-def nearest(rows: np.ndarray, scale: np.ndarray, qmax, qmin=None) -> np.ndarray:
+def snap(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Each value's nearest level (`levels` sorted; ties to the lower level)."""
+    idx = np.clip(np.searchsorted(levels, values), 1, len(levels) - 1)
+    lo, hi = levels[idx - 1], levels[idx]
+    return np.where(values - lo <= hi - values, lo, hi)
+
+
+def _to_grid(x: np.ndarray, lo, hi, levels: np.ndarray | None) -> np.ndarray:
+    """The integers for `x` (weights over their scale): rounded into [lo, hi], or the nearest of `levels`
+    (a scheme whose integers are not every one of a range: pow2, ternary, binary, a codebook)."""
+    return np.clip(np.round(x), lo, hi) if levels is None else snap(x, levels)
+
+
+def nearest(rows: np.ndarray, scale: np.ndarray, qmax, qmin=None, levels: np.ndarray | None = None) -> np.ndarray:
     """`scale` per row (R,) or per weight (R x D: group scales). The integers lie in [qmin, qmax]
     (default [-qmax, qmax]); the bounds may be R x D arrays (affine groups: the levels left of and
-    right of each weight's zero point)."""
+    right of each weight's zero point). With `levels` (sorted), each is the nearest of those."""
     lo = -np.asarray(qmax) if qmin is None else qmin
-    return np.clip(np.round(rows / (scale if scale.ndim == 2 else scale[:, None])), lo, qmax)
+    return _to_grid(rows / (scale if scale.ndim == 2 else scale[:, None]), lo, qmax, levels)
 
 
 def _column(bound, i: int):
@@ -108,13 +121,19 @@ def _column(bound, i: int):
 
 
 def gptq_act_order(
-    rows: np.ndarray, scale: np.ndarray, groups: np.ndarray, hessian: np.ndarray, qmax, qmin=None
+    rows: np.ndarray,
+    scale: np.ndarray,
+    groups: np.ndarray,
+    hessian: np.ndarray,
+    qmax,
+    qmin=None,
+    levels: np.ndarray | None = None,
 ) -> np.ndarray:
     """GPTQ with the columns rounded in order of falling input energy (H's diagonal), so the columns
     that matter most are rounded first, while the most columns are left to absorb their error: what
     makes 4-bit GPTQ work (Frantar et al.). One shared second moment only (matmuls, dense convs)."""
     if hessian.shape[0] != 1:
-        return gptq(rows, scale, groups, hessian, qmax, qmin, damp=DAMP_LOW_BIT)
+        return gptq(rows, scale, groups, hessian, qmax, qmin, damp=DAMP_LOW_BIT, levels=levels)
     order = np.argsort(-np.diagonal(hessian[0]), kind="stable")
     inverse = np.argsort(order)
 
@@ -130,6 +149,7 @@ def gptq_act_order(
         permuted(qmin),
         damp=DAMP_LOW_BIT,
         blocked=True,
+        levels=levels,
     )
     return q[:, inverse]
 
@@ -143,13 +163,15 @@ def gptq(
     qmin=None,
     damp: float | None = None,
     blocked: bool = False,
+    levels: np.ndarray | None = None,
 ) -> np.ndarray:
     """Integer rows (R x D) in [qmin, qmax] (see `nearest`) for float `rows` with per-row `scale` (or
     R x D: group scales); row r reads input group groups[r], whose second moment is hessian[groups[r]]
     (G x D x D). Columns are rounded left to right, each error spread over the columns to its right by
     the upper Cholesky factor of H^-1. `blocked` (one shared H): the same updates, applied a block of
     columns at a time with one matrix product for the columns right of the block (GPTQ's lazy batch
-    updates; 8x faster on MiniLM's 36 int4 layers, equal up to float summation order)."""
+    updates; 8x faster on MiniLM's 36 int4 layers, equal up to float summation order). `levels`: the
+    integers a scheme allows (see `nearest`), each column snapped to them instead of rounded."""
     w = rows.astype(np.float64, copy=True)
     h = hessian.astype(np.float64, copy=True)
     d = h.shape[-1]
@@ -161,27 +183,29 @@ def gptq(
     try:
         upper = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)
     except np.linalg.LinAlgError:
-        return nearest(rows, scale, qmax, qmin)
+        return nearest(rows, scale, qmax, qmin, levels)
     shared = h.shape[0] == 1
     if blocked and shared:
-        q = _gptq_blocked(w, upper[0], scale, qmax, qmin)
-        return q if np.all(np.isfinite(q)) else nearest(rows, scale, qmax, qmin)
+        q = _gptq_blocked(w, upper[0], scale, qmax, qmin, levels)
+        return q if np.all(np.isfinite(q)) else nearest(rows, scale, qmax, qmin, levels)
     q = np.empty_like(w)
     for i in range(d):
         s = scale[:, i] if scale.ndim == 2 else scale  # group scales: each weight its own
         hi = _column(qmax, i)
-        q[:, i] = np.clip(np.round(w[:, i] / s), -hi if qmin is None else _column(qmin, i), hi)
+        q[:, i] = _to_grid(w[:, i] / s, -hi if qmin is None else _column(qmin, i), hi, levels)
         diag_i = upper[0, i, i] if shared else upper[groups, i, i]
         err = (w[:, i] - q[:, i] * s) / diag_i
         if i + 1 < d:
             right = upper[0, i, i + 1 :][None, :] if shared else upper[groups, i, i + 1 :]
             w[:, i + 1 :] -= err[:, None] * right
     if not np.all(np.isfinite(q)):
-        return nearest(rows, scale, qmax, qmin)
+        return nearest(rows, scale, qmax, qmin, levels)
     return q
 
 
-def _gptq_blocked(w: np.ndarray, upper: np.ndarray, scale: np.ndarray, qmax, qmin, block: int = 128) -> np.ndarray:
+def _gptq_blocked(
+    w: np.ndarray, upper: np.ndarray, scale: np.ndarray, qmax, qmin, levels=None, block: int = 128
+) -> np.ndarray:
     """`gptq` for one shared H, on the transposed (column-major) weights, a block at a time."""
     wt = np.ascontiguousarray(w.T)  # D x R: column i is row i, contiguous
     st = np.ascontiguousarray(scale.T) if scale.ndim == 2 else scale
@@ -196,7 +220,7 @@ def _gptq_blocked(w: np.ndarray, upper: np.ndarray, scale: np.ndarray, qmax, qmi
             s = st[i] if np.ndim(st) == 2 else st
             lo = lo_t[i] if np.ndim(lo_t) == 2 else lo_t
             hi = hi_t[i] if np.ndim(hi_t) == 2 else hi_t
-            qt[i] = np.clip(np.round(wt[i] / s), lo, hi)
+            qt[i] = _to_grid(wt[i] / s, lo, hi, levels)
             err = (wt[i] - qt[i] * s) / upper[i, i]
             errs[i - b0] = err
             if i + 1 < b1:
@@ -230,24 +254,25 @@ class WeightRounding:
         qmax,
         input_scale: np.ndarray | None = None,
         qmin=None,
+        levels: np.ndarray | None = None,
     ) -> np.ndarray:
         """`input_scale`: the layer's input arrives divided by it (SmoothQuant), so the second moment the
         rounding needs is H / (s s^T). Integers lie in [qmin, qmax] (default [-qmax, qmax]; arrays for
-        affine groups, see `nearest`)."""
-        low_bit = int(np.max(qmax)) < 127
-        base = nearest(rows, scale, qmax, qmin)
+        affine groups, see `nearest`), or are the nearest of `levels`."""
+        low_bit = int(np.max(qmax)) < 127 or levels is not None
+        base = nearest(rows, scale, qmax, qmin, levels)
         if self.method == "nearest":
             return base
         if key in self.offsets and self.offsets[key].shape == base.shape:
             q = np.clip(base + self.offsets[key], -np.asarray(qmax) if qmin is None else qmin, qmax)
         elif key in self.hessians and (rows.size <= MAX_WEIGHTS or low_bit):
-            memo_key = (key, scale.tobytes())
+            memo_key = (key, scale.tobytes() + (b"" if levels is None else np.asarray(levels).tobytes()))
             if memo_key not in self._memo:
                 hessian = self.hessians[key]
                 if input_scale is not None:
                     hessian = hessian / np.outer(input_scale, input_scale)[None]
                 solve = gptq_act_order if low_bit else gptq  # int8 keeps its measured input order
-                self._memo[memo_key] = solve(rows, scale, groups, hessian, qmax, qmin)
+                self._memo[memo_key] = solve(rows, scale, groups, hessian, qmax, qmin, levels)
             q = self._memo[memo_key]
         else:
             return base
