@@ -25,6 +25,7 @@ def analyze(
     data: str | Path,
     config: BuildConfig | None = None,
     max_samples: int = 100,
+    schemes: tuple[str, ...] = (),
 ) -> dict:
     from qcompile.calibration.collect import compile_host
     from qcompile.calibration.rounding import WeightRounding
@@ -97,8 +98,19 @@ def analyze(
             "score: share of the all-integer output noise removed by keeping the layer float, per share of MACs",
             "latency of a mix is estimated from MAC shares between the measured all-int8 and all-fp32 libraries",
         ],
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": 0.0,
     }
+    if schemes:
+        from qcompile.scheme_search import WeightProbe, scheme_sensitivity
+
+        probe = WeightProbe(canon, layers, evaluation, inputs, rounding)
+        report["schemes"] = {
+            "reference": "the float model; each row: only that layer's weights under that scheme, every other "
+            "layer's int8, activations float (GPTQ where calibration gathered the layer's statistics)",
+            "int8": {k: v for k, v in probe.metrics(dict.fromkeys(probe.layers, "int8")).items() if k != "noise"},
+            "rows": scheme_sensitivity(probe, tuple(s for s in schemes if s != "int8"), None),
+        }
+    report["seconds"] = round(time.perf_counter() - started, 1)
     try:  # created only now: a bad input earlier leaves nothing behind
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

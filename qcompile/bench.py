@@ -210,8 +210,15 @@ def ort_dynamic_model(model: Path, output: Path) -> Path:
     return output
 
 
-def artifact_label(manifest: dict, float_layers: int) -> str:
-    """fp32, int8, int8 dynamic, int4 weight-only, ... (+ N float layers) from an artifact's manifest."""
+def sub8_schemes(report: dict) -> tuple[str, ...]:
+    """The per-channel weight schemes below 8 bits in a build's report (int4, pow2, codebook16, ...)."""
+    schemes = (report.get("integer_weights") or {}).get("by_scheme", {})
+    return tuple(sorted(k.split("/")[0] for k in schemes if k.endswith("/channel") and not k.startswith("int8")))
+
+
+def artifact_label(manifest: dict, float_layers: int, weight_schemes: tuple[str, ...] = ()) -> str:
+    """fp32, int8, int8 dynamic, int4 weight-only, int8 x ternary weights, ... (+ N float layers) from an
+    artifact's manifest (and the weight schemes below 8 bits its report lists)."""
     quant = manifest["quantization"]
     if quant["bits"] == 32:
         return "fp32"
@@ -219,6 +226,8 @@ def artifact_label(manifest: dict, float_layers: int) -> str:
     label = f"int{quant['bits']}"
     if config.get("weights") == "int4":
         label = "int4 weight-only"
+    elif weight_schemes:
+        label = f"int{quant['bits']} x {'+'.join(weight_schemes)} weights"
     elif config.get("activations") == "dynamic":
         label = "int8 dynamic"
     return label + (f" + {float_layers} float layers" if float_layers else "")
@@ -274,8 +283,9 @@ def bench(
     for path in artifacts:
         art = open_artifact(path)
         bits = art.manifest["quantization"]["bits"]
-        floats = len(art.read_json("report.json").get("float_layers", [])) if bits != 32 else 0
-        label = artifact_label(art.manifest, floats)
+        report = art.read_json("report.json") if bits != 32 else {}
+        floats = len(report.get("float_layers", []))
+        label = artifact_label(art.manifest, floats, sub8_schemes(report))
         tuned = art.manifest.get("kernels", {}).get("schedules", {}).get("tuned", 0)
         name = f"qcompile {label} ({'tuned' if tuned else 'default schedules'})"
         if name in specs:

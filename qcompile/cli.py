@@ -18,6 +18,7 @@ from qcompile.cli_perf import add_parsers as add_perf_parsers
 from qcompile.config import STAGES
 from qcompile.errors import InputError, QCompileError, VerificationFailed
 from qcompile.interrupts import Terminated, quiet_finalizers, signals_raise
+from qcompile.precision import SEARCH_SCHEMES
 from qcompile.threads import configured as threads_configured
 
 
@@ -80,6 +81,20 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--probe-samples", type=int, default=32, metavar="N", help="samples per layer sensitivity run (default 32)"
     )
+    m.add_argument(
+        "--schemes",
+        metavar="LIST",
+        help="search weight schemes per layer instead of float layers: choose for each conv/matmul among "
+        f"these (default with --max-size-mb: {','.join(SEARCH_SCHEMES)}); the smallest mix within the "
+        "budget is built and verified, its map saved as precision.json and the search as scheme_search.json",
+    )
+    m.add_argument(
+        "--max-size-mb",
+        type=float,
+        metavar="MB",
+        help="with the scheme search: the integer layers' stored weights must fit in MB (exit 0 with a "
+        "warning when no mix within the budget does)",
+    )
     b.add_argument("--dump-ir", metavar="DIR", help="write the Relax IR after each stage as TVMScript into DIR")
     b.add_argument("--stop-after", choices=STAGES, help="stop after this stage (with --dump-ir to look at the IR)")
 
@@ -141,6 +156,13 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("-o", "--output", required=True, help="report directory (report.json, report.html, PNGs)")
     a.add_argument("--data", required=True, help="evaluation .npz (one array per input, optional 'labels')")
     a.add_argument("--max-samples", type=int, default=100, help="evaluate on at most this many samples (default 100)")
+    a.add_argument(
+        "--schemes",
+        metavar="LIST",
+        help="also the sensitivity per weight scheme (e.g. int8,int4,pow2,ternary): each layer alone under "
+        "each scheme, every other layer int8 weights, activations float: output SQNR, top-1 agreement and "
+        "weight bytes (report.json 'schemes')",
+    )
     add_model_options(a)
 
     add_perf_parsers(sub)
@@ -176,7 +198,23 @@ def _build(args: argparse.Namespace) -> int:
         search=search,
         force=args.force,
     )
-    if result.mixed is not None:
+    if result.mixed is not None and result.mixed.get("kind") == "schemes":
+        v = result.mixed["verified"]
+        state = "met" if v["met"] else "NOT met"
+        schemes = sorted(set(result.mixed["layers"].values()))
+        print(
+            f"scheme search: {len(result.mixed['layers'])} layers below int8 ({', '.join(schemes) or 'none'}), "
+            f"weights {result.mixed['weight_bytes'] / 1e6:.3f} MB "
+            f"(all-int8 {result.mixed['int8_weight_bytes'] / 1e6:.3f} MB); budget ({result.mixed['budget']}) "
+            f"{state} by the built library: {v['value']:.3f}"
+        )
+        if not result.mixed["size_met"]:
+            print(
+                f"qcompile: --max-size-mb cannot be met within the budget: the smallest mix that meets it has "
+                f"{result.mixed['weight_bytes'] / 1e6:.3f} MB of weights",
+                file=sys.stderr,
+            )
+    elif result.mixed is not None:
         v = result.mixed["verified"]
         state = "met" if v["met"] else "NOT met"
         print(
@@ -226,18 +264,28 @@ def _mixed_search(args: argparse.Namespace):
     from qcompile.errors import InputError
     from qcompile.mixed import Budget
     from qcompile.pipeline import MixedSearch
+    from qcompile.scheme_search import parse_schemes
 
     wants = args.max_top1_drop is not None or args.min_sqnr is not None
     if args.eval is None:
-        if wants or args.labels or args.time_budget:
-            raise InputError("--max-top1-drop / --min-sqnr / --labels / --time-budget need --eval DATA")
+        if wants or args.labels or args.time_budget or args.schemes or args.max_size_mb is not None:
+            raise InputError(
+                "--max-top1-drop / --min-sqnr / --labels / --time-budget / --schemes / --max-size-mb need --eval DATA"
+            )
         return None
     if not wants:
         raise InputError("--eval needs a budget: --max-top1-drop POINTS or --min-sqnr DB")
     if args.probe_samples <= 0:
         raise InputError("--probe-samples must be positive")
     budget = Budget(max_top1_drop=args.max_top1_drop, min_sqnr=args.min_sqnr, labels=args.labels)
-    return MixedSearch(args.eval, budget, parse_duration(args.time_budget), args.probe_samples)
+    if args.max_size_mb is not None and args.max_size_mb <= 0:
+        raise InputError(f"--max-size-mb {args.max_size_mb}: must be positive")
+    schemes: tuple[str, ...] = ()
+    if args.schemes or args.max_size_mb is not None:
+        schemes = parse_schemes(args.schemes or ",".join(SEARCH_SCHEMES))
+    return MixedSearch(
+        args.eval, budget, parse_duration(args.time_budget), args.probe_samples, schemes, args.max_size_mb
+    )
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -328,6 +376,7 @@ def _format_metrics(m: dict) -> str:
 
 def _analyze(args: argparse.Namespace) -> int:
     from qcompile.analysis import analyze
+    from qcompile.scheme_search import parse_schemes
 
     report = analyze(
         args.model,
@@ -337,12 +386,22 @@ def _analyze(args: argparse.Namespace) -> int:
         data=args.data,
         config=config_from_args(args),
         max_samples=args.max_samples,
+        schemes=parse_schemes(args.schemes) if args.schemes else (),
     )
     print("all integer: " + ", ".join(f"{k}={v}" for k, v in report["all_integer"].items()))
     print("most sensitive layers (noise removed per MAC when kept float):")
     for row in report["layers"][:10]:
         sqnr = f"{row['float_sqnr_db']:>7.2f} dB float-only  {row['int8_sqnr_db']:>7.2f} dB int8-only"
         print(f"  {row['rank']:>3}  {sqnr}  {row['layer']}")
+    if "schemes" in report:
+        rows = report["schemes"]["rows"]
+        names = list(dict.fromkeys(r["scheme"] for r in rows))
+        print("weight schemes, one layer at a time (output SQNR dB / top-1 agreement %):")
+        print(f"  {'layer':<40} " + " ".join(f"{n:>16}" for n in names))
+        for layer in dict.fromkeys(r["layer"] for r in rows):
+            cells = {r["scheme"]: r for r in rows if r["layer"] == layer}
+            text = [f"{cells[n]['sqnr_db']:>7.2f}/{cells[n].get('top1_agreement', float('nan')):>7.2f}" for n in names]
+            print(f"  {layer[-40:]:<40} " + " ".join(f"{t:>16}" for t in text))
     print(f"wrote {args.output}/report.json and report.html ({report['seconds']} s)")
     return 0
 

@@ -5,6 +5,7 @@ switchable model met)."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from qcompile.artifact import update_json
@@ -92,4 +93,81 @@ def build_mixed(
         float_layers.append(nxt[0])  # the real library missed what the switchable model met: one more
     update_json(output, "mixed_precision.json", report)
     result.mixed = report
+    return result
+
+
+def build_schemes(
+    result: BuildResult,
+    canon: Canonical,
+    config: BuildConfig,
+    target: TargetSpec,
+    search: MixedSearch,
+    output: Path,
+    calib: str | Path | None,
+    tuning_db: str | Path | None,
+    require_tuned: bool,
+) -> BuildResult:
+    """build --eval with --max-size-mb / --schemes: a weight scheme per layer (qcompile.scheme_search),
+    then the real library with that map, verified; while it misses the budget, a quarter of the moves
+    below int8 goes back."""
+    from qcompile.calibration.rounding import WeightRounding
+    from qcompile.model import output_specs
+    from qcompile.precision import PrecisionSpec
+    from qcompile.scheme_search import WeightProbe, config_of, search_schemes
+    from qcompile.verification import check_labels
+
+    assert result.plan is not None and result.qparams is not None
+    t = time.perf_counter()
+    data = load_data(search.eval, canon.model.inputs, "evaluation", fixed=canon.model.fixed_inputs)
+    check_labels(data.labels, output_specs(canon.mod, canon.model.outputs)[0]["shape"], search.eval)
+    if search.budget.labels and data.labels is None:
+        raise InputError(f"--labels: {search.eval} has no 'labels' array")
+    pinned = {name for name in result.plan.quantized_layers if config.precision.names(name)}
+    layers = [name for name in result.plan.quantized_layers if name not in pinned]
+    probe = WeightProbe(canon, layers, data, [s.name for s in canon.model.inputs], result.rounding)
+    if not probe.layers:
+        raise InputError("no conv/matmul layer with constant weights is left for the scheme search to choose for")
+    if search.budget.max_top1_drop is not None and probe.reference.ndim != 2:
+        raise InputError("--max-top1-drop needs a classifier (2-D logits as the first output); use --min-sqnr")
+    max_bytes = None if search.max_size_mb is None else int(search.max_size_mb * 1e6)
+    found = search_schemes(probe, search.budget, search.schemes, max_bytes, search.probe)
+    result.timings["scheme_search"] = round(time.perf_counter() - t, 3)
+    report = found.to_json(search.budget, max_bytes)
+    count = found.moves
+    qparams = None
+    for attempt in range(4):
+        chosen = config_of(found.order, count, probe.layers)
+        rules = PrecisionSpec(tuple((layer, s) for layer, s in chosen.items() if s != "int8"))
+        result.config = replace(config, precision=config.precision.merged(rules))
+        result.plan = annotate_stage(canon, result.config, target)
+        if qparams is None:  # once, with the most sub-8 layers: their GPTQ statistics serve every back-off
+            result.rounding = WeightRounding(config.weight_rounding)
+            qparams = calibrate_stage(canon, result.plan, result.config, calib, None, result.rounding)
+        result.qparams = qparams
+        result.rounding.used.clear()
+        result.records = {} if target.backend.records else None
+        result.realized = realize_stage(
+            canon, result.plan, result.qparams, result.config, result.rounding, result.records
+        )
+        report["layers"] = {k: v for k, v in chosen.items() if v != "int8"}
+        report["weight_bytes"] = probe.total_bytes(chosen)
+        extra = {"precision.json": result.config.precision.to_json(), "scheme_search.json": report}
+        compile_and_write(result, canon, target, output, tuning_db, require_tuned, extra)
+        metrics = verify(output, canon.model.path, search.eval)
+        first = next(iter(metrics["outputs"].values()))
+        met = search.budget.met(first)
+        finite = {k: min(v, MAX_SQNR_DB) if isinstance(v, float) else v for k, v in first.items()}
+        report["verified"] = {
+            "attempt": attempt + 1,
+            "moves": count,
+            "met": met,
+            "value": search.budget.value(finite),
+            **finite,
+        }
+        if met or count == 0:
+            break
+        count = count * 3 // 4  # the probe keeps activations float: the real library has their noise too
+    report["size_met"] = max_bytes is None or report["weight_bytes"] <= max_bytes
+    update_json(output, "scheme_search.json", report)
+    result.mixed = {**report, "kind": "schemes"}
     return result

@@ -61,6 +61,8 @@ class MixedSearch:
     budget: Budget
     time_budget_s: float | None = None
     probe: int = 32  # samples per sensitivity run
+    schemes: tuple[str, ...] = ()  # weight schemes per layer to choose from (--schemes); () keeps float layers
+    max_size_mb: float | None = None  # the integer layers' weights at most this many MB (--max-size-mb)
 
 
 @dataclass
@@ -110,17 +112,19 @@ def layer_precisions(canon: Canonical, config: BuildConfig) -> dict[str, str]:
         for name in names:  # and attention's stay float; convs take int4 weights with int8 activations
             if name in matmuls and not config.precision.names(name):
                 resolved[name] = "w4a16" if name in weighted else "fp32"
-    if config.weights != "int8":  # the default scheme of every other layer with constant weights
+    takes_sub8 = weighted | set(canon.model.layer_names().get("relax.nn.conv2d", []))  # conv, matmul x constant
+    if config.weights != "int8":  # the default scheme of every other conv / constant-weight matmul
         scheme = config.weights if config.weights != "codebook" else f"codebook{config.codebook_size}"
         for name in names:
-            if resolved[name] == "int8" and not config.precision.names(name) and name not in matmuls - weighted:
+            if resolved[name] == "int8" and not config.precision.names(name) and name in takes_sub8:
                 resolved[name] = scheme
-    for name in names:  # a sub-8-bit scheme needs constant weights: named exactly, a layer without is an error
-        if is_sub8(resolved[name]) and name in matmuls and name not in weighted:
+    for name in names:  # sub-8-bit schemes are for convs and matmuls with constant weights
+        if is_sub8(resolved[name]) and name not in takes_sub8:
             if any(pattern == name for pattern, _ in config.precision.rules):
+                what = "a matmul of two activations" if name in matmuls else "an embedding lookup"
                 raise InputError(
-                    f"layer {name!r} (a matmul of two activations) cannot take the {resolved[name]} scheme: "
-                    "it has no constant weights"
+                    f"layer {name!r} ({what}) cannot take the {resolved[name]} scheme: it is for conv and "
+                    "matmul layers with constant weights"
                 )
             resolved[name] = default_precision(config.bits)
     for name in names:  # a weight-only rule (a glob over a block) leaves matmuls of two activations as they were
@@ -385,9 +389,10 @@ def build(
         return result
     if search is not None:
         assert output is not None
-        from qcompile.mixed_build import build_mixed
+        from qcompile.mixed_build import build_mixed, build_schemes
 
-        return build_mixed(result, canon, config, target, search, Path(output), calib, tuning_db, require_tuned)
+        run = build_schemes if search.schemes else build_mixed
+        return run(result, canon, config, target, search, Path(output), calib, tuning_db, require_tuned)
     t = time.perf_counter()
     result.records = {} if target.backend.records else None
     result.realized = realize_stage(canon, result.plan, result.qparams, config, result.rounding, result.records)

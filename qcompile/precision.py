@@ -29,6 +29,7 @@ from pathlib import Path
 from qcompile.errors import InputError
 
 SUB8 = ("int4", "int2", "pow2", "ternary", "binary", "codebook")  # weights below 8 bits, int8 activations
+SEARCH_SCHEMES = ("int8", "int4", "codebook16", "pow2", "int2", "ternary", "binary")  # the scheme search's default
 PRECISIONS = ("int8", "int16", "fp16", "fp32", "w8a16", "w4a16", *SUB8)
 FLOAT_PRECISIONS = ("fp16", "fp32")
 WEIGHT_ONLY = ("w8a16", "w4a16")  # float activations, integer weights

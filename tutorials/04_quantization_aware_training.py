@@ -45,9 +45,12 @@ def float_model():
     return model.eval()
 
 
-def make_qat_model(model, weight_bits: int):
+def make_qat_model(model, weight_bits: int, scheme: str | None = None):
     """The network with batch norms folded into the convs and fake quantization at every layer's
-    weights and at every activation the integer library stores."""
+    weights and at every activation the integer library stores. `scheme` (int4, int2, pow2, ternary,
+    binary, codebookK): the weights are fake-quantized by qcompile's own quantizer for that scheme
+    (per output channel; straight-through gradients), so training sees exactly the integers the
+    library will hold."""
     import torch
     from torch import nn
     from torch.nn import functional as F
@@ -91,8 +94,14 @@ def make_qat_model(model, weight_bits: int):
 
         def quantized_weight(self):
             w = self.weight
-            scale = (w.detach().abs().reshape(w.shape[0], -1).amax(1) / self.qmax).clamp(min=1e-8)
             zero = torch.zeros(w.shape[0], dtype=torch.int32)
+            if scheme is not None:
+                q, scale = scheme_integers(w.detach().numpy(), scheme)
+                wq = torch.from_numpy(q.astype(np.float32)) * torch.from_numpy(scale.astype(np.float32)).reshape(
+                    -1, *([1] * (w.dim() - 1))
+                )
+                return w + (wq - w).detach(), torch.from_numpy(scale.astype(np.float32)), zero
+            scale = (w.detach().abs().reshape(w.shape[0], -1).amax(1) / self.qmax).clamp(min=1e-8)
             return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -self.qmax, self.qmax), scale, zero
 
         def freeze(self) -> None:
@@ -134,6 +143,17 @@ def make_qat_model(model, weight_bits: int):
             return self.fc(x)
 
     return QATFashion()
+
+
+def scheme_integers(weight: np.ndarray, scheme: str) -> tuple[np.ndarray, np.ndarray]:
+    """qcompile's integers and per-channel scales for `weight` (output channels first) under `scheme`."""
+    from qcompile.passes.rules.weight_levels import quantize_levels
+    from qcompile.passes.scheme import weight_scheme
+    from qcompile.precision import codebook_size_of
+
+    k = codebook_size_of(scheme)
+    spec = weight_scheme("codebook", k) if k is not None else weight_scheme(scheme)
+    return quantize_levels(weight.astype(np.float64), 0, spec)
 
 
 def fine_tune(qat, x: np.ndarray, y: np.ndarray, epochs: int, lr: float = 1e-4):

@@ -49,12 +49,22 @@ def graph_integers(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The integers and scales a pre-quantized model gives `layer`'s weight, or None where the build
     quantizes it itself: no scales in the graph, a smoothed input (its divisors change the weight), a
-    scheme other than 8 bits, or a weight that is no longer scale x integer (graph_weight). Realize and
-    the build's report both ask here."""
+    weight that is no longer scale x integer (graph_weight), or integers the layer's scheme cannot
+    hold (a QAT-trained ternary layer's are -1, 0 and 1: kept; int8 ones built as ternary: not).
+    Realize and the build's report both ask here."""
     scale = weight_scales.get(layer or "")
-    if scale is None or smoothed or spec.bits != 8:
+    if scale is None or smoothed or spec.granularity != "channel":
         return None
-    return graph_weight(weight, axis, np.asarray(scale, np.float64))
+    given = graph_weight(weight, axis, np.asarray(scale, np.float64))
+    if given is None or spec.bits == 8 and spec.levels == "uniform":
+        return given
+    used = np.unique(given[0])
+    if spec.levels == "codebook":
+        assert spec.codebook_size is not None
+        fits = len(used) <= spec.codebook_size
+    else:
+        fits = bool(np.isin(used, levels_of(spec)).all())
+    return given if fits else None
 
 
 def quantize_weight(

@@ -107,7 +107,7 @@ def test_bad_flag_is_one_line_exit_2():
     "extra, expect",
     [
         (["--precision", "/nope/Conv=int16"], "--precision names no quantizable layer: /nope/Conv"),
-        (["--precision", "/fc/*=int4"], "is not one of int8, int16, fp16, fp32"),
+        (["--precision", "/fc/*=int3"], "is not one of int8, int16, fp16, fp32"),
         (["--precision", "/fc/Gemm=fp16"], "fp16 layers need a GPU target"),
         (["--precision-file", "missing.json"], "--precision-file missing.json: no such file"),
         (["--max-top1-drop", "0.5"], "need --eval DATA"),

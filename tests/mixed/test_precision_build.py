@@ -85,10 +85,22 @@ def test_analyze_writes_a_ranked_report_with_plots(tmp_path, fashion):
             str(out),
             "--max-samples",
             "64",
+            "--schemes",
+            "int8,int4,binary",
         ]
     )
     assert code == 0
     report = json.loads((out / "report.json").read_text())
+    schemes = report["schemes"]["rows"]  # each layer alone under int4 and binary, on the same 64 images
+    assert sorted((r["layer"], r["scheme"]) for r in schemes) == sorted(
+        (row["layer"], s) for row in report["layers"] for s in ("int4", "binary")
+    )
+    for layer in {r["layer"] for r in schemes}:
+        int4, binary = (
+            next(r for r in schemes if r["layer"] == layer and r["scheme"] == s) for s in ("int4", "binary")
+        )
+        assert int4["sqnr_db"] > binary["sqnr_db"] + 10, (int4, binary)  # measured 18-38 dB apart
+        assert binary["weight_bytes"] < int4["weight_bytes"] < int4["int8_weight_bytes"]
     assert len(report["layers"]) == 6 and report["samples"] == 64
     for row in report["layers"]:
         assert {"int8_sqnr_db", "float_sqnr_db", "int8_top1_change", "float_top1_change", "macs_share"} <= set(row)
@@ -98,3 +110,21 @@ def test_analyze_writes_a_ranked_report_with_plots(tmp_path, fashion):
     page = (out / "report.html").read_text()
     for png in ("sqnr_per_layer.png", "tradeoff.png"):
         assert png in page and (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scheme_search_builds_a_smaller_mix_within_the_budget(tmp_path, fashion, fashion_int8):
+    out = _build(
+        tmp_path, fashion, "schemes",
+        "--eval", str(fashion["eval"]), "--max-top1-drop", "1.0", "--schemes", "int8,int4,ternary",
+        "--max-size-mb", "0.09", "--probe-samples", "16",
+    )  # fmt: skip
+    search = json.loads((out / "scheme_search.json").read_text())
+    report = json.loads((out / "report.json").read_text())["integer_weights"]
+    int8 = json.loads((fashion_int8 / "report.json").read_text())["integer_weights"]["stored_bytes"]
+    assert search["verified"]["met"] and search["verified"]["top1_agreement"] >= 99.0, search["verified"]
+    assert search["size_met"] and report["stored_bytes"] == search["weight_bytes"] <= 90_000 < int8
+    assert search["int8_weight_bytes"] == int8
+    assert search["layers"] and set(search["layers"].values()) <= {"int4", "ternary"}
+    layers = json.loads((out / "precision.json").read_text())["layers"]
+    assert layers == search["layers"]  # the map, reusable with --precision-file
+    assert {k: v["scheme"].split("/")[0] for k, v in report["by_layer"].items() if k in layers} == layers
