@@ -30,6 +30,39 @@ from qcompile.targets import TargetSpec
 from qcompile.verification import verify
 
 
+def _evaluation_data(canon: Canonical, search: MixedSearch):
+    """--eval's data, checked against the model's first output and the budget."""
+    from qcompile.model import output_specs
+    from qcompile.verification import check_labels
+
+    data = load_data(search.eval, canon.model.inputs, "evaluation", fixed=canon.model.fixed_inputs)
+    check_labels(data.labels, output_specs(canon.mod, canon.model.outputs)[0]["shape"], search.eval)
+    if search.budget.labels and data.labels is None:
+        raise InputError(f"--labels: {search.eval} has no 'labels' array")
+    return data
+
+
+def _realize_write_verify(
+    result: BuildResult,
+    canon: Canonical,
+    target: TargetSpec,
+    search: MixedSearch,
+    output: Path,
+    tuning_db: str | Path | None,
+    require_tuned: bool,
+    extra: dict,
+) -> tuple[bool, dict]:
+    """Realize result.plan, write the artifact and verify it on --eval: (budget met, finite metrics)."""
+    result.rounding.used.clear()
+    result.records = {} if target.backend.records else None
+    result.realized = realize_stage(canon, result.plan, result.qparams, result.config, result.rounding, result.records)
+    compile_and_write(result, canon, target, output, tuning_db, require_tuned, extra)
+    metrics = verify(output, canon.model.path, search.eval)
+    first = next(iter(metrics["outputs"].values()))
+    finite = {k: min(v, MAX_SQNR_DB) if isinstance(v, float) else v for k, v in first.items()}
+    return search.budget.met(first), finite
+
+
 def build_mixed(
     result: BuildResult,
     canon: Canonical,
@@ -43,13 +76,7 @@ def build_mixed(
 ) -> BuildResult:
     assert result.plan is not None and result.qparams is not None
     t = time.perf_counter()
-    data = load_data(search.eval, canon.model.inputs, "evaluation", fixed=canon.model.fixed_inputs)
-    from qcompile.model import output_specs
-    from qcompile.verification import check_labels
-
-    check_labels(data.labels, output_specs(canon.mod, canon.model.outputs)[0]["shape"], search.eval)
-    if search.budget.labels and data.labels is None:
-        raise InputError(f"--labels: {search.eval} has no 'labels' array")
+    data = _evaluation_data(canon, search)
     pinned = {name for name in result.plan.quantized_layers if config.precision.names(name)}
     layers = tuple(name for name in result.plan.quantized_layers if name not in pinned)
     if not layers:
@@ -72,18 +99,9 @@ def build_mixed(
         if set(result.plan.sites) - set(result.qparams):  # a new float boundary: observe it too
             # no rounding here: the first pass's Hessians still hold (same data through the same float model)
             result.qparams = calibrate_stage(canon, result.plan, result.config, calib, None)
-        result.rounding.used.clear()
-        result.records = {} if target.backend.records else None
-        result.realized = realize_stage(
-            canon, result.plan, result.qparams, result.config, result.rounding, result.records
-        )
         report["float_layers"] = list(float_layers)
         extra = {"precision.json": result.config.precision.to_json(), "mixed_precision.json": report}
-        compile_and_write(result, canon, target, output, tuning_db, require_tuned, extra)
-        metrics = verify(output, canon.model.path, search.eval)
-        first = next(iter(metrics["outputs"].values()))
-        met = search.budget.met(first)
-        finite = {k: min(v, MAX_SQNR_DB) if isinstance(v, float) else v for k, v in first.items()}
+        met, finite = _realize_write_verify(result, canon, target, search, output, tuning_db, require_tuned, extra)
         report["verified"] = {"attempt": attempt + 1, "met": met, "value": search.budget.value(finite), **finite}
         if met or not found.feasible:
             break
@@ -111,17 +129,12 @@ def build_schemes(
     then the real library with that map, verified; while it misses the budget, a quarter of the moves
     below int8 goes back."""
     from qcompile.calibration.rounding import WeightRounding
-    from qcompile.model import output_specs
     from qcompile.precision import PrecisionSpec
     from qcompile.scheme_search import WeightProbe, config_of, search_schemes
-    from qcompile.verification import check_labels
 
     assert result.plan is not None and result.qparams is not None
     t = time.perf_counter()
-    data = load_data(search.eval, canon.model.inputs, "evaluation", fixed=canon.model.fixed_inputs)
-    check_labels(data.labels, output_specs(canon.mod, canon.model.outputs)[0]["shape"], search.eval)
-    if search.budget.labels and data.labels is None:
-        raise InputError(f"--labels: {search.eval} has no 'labels' array")
+    data = _evaluation_data(canon, search)
     pinned = {name for name in result.plan.quantized_layers if config.precision.names(name)}
     layers = [name for name in result.plan.quantized_layers if name not in pinned]
     probe = WeightProbe(canon, layers, data, [s.name for s in canon.model.inputs], result.rounding)
@@ -144,19 +157,10 @@ def build_schemes(
             result.rounding = WeightRounding(config.weight_rounding)
             qparams = calibrate_stage(canon, result.plan, result.config, calib, None, result.rounding)
         result.qparams = qparams
-        result.rounding.used.clear()
-        result.records = {} if target.backend.records else None
-        result.realized = realize_stage(
-            canon, result.plan, result.qparams, result.config, result.rounding, result.records
-        )
         report["layers"] = {k: v for k, v in chosen.items() if v != "int8"}
         report["weight_bytes"] = probe.total_bytes(chosen)
         extra = {"precision.json": result.config.precision.to_json(), "scheme_search.json": report}
-        compile_and_write(result, canon, target, output, tuning_db, require_tuned, extra)
-        metrics = verify(output, canon.model.path, search.eval)
-        first = next(iter(metrics["outputs"].values()))
-        met = search.budget.met(first)
-        finite = {k: min(v, MAX_SQNR_DB) if isinstance(v, float) else v for k, v in first.items()}
+        met, finite = _realize_write_verify(result, canon, target, search, output, tuning_db, require_tuned, extra)
         report["verified"] = {
             "attempt": attempt + 1,
             "moves": count,

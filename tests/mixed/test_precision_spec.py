@@ -30,7 +30,7 @@ def test_build_default_applies_without_a_spec_default():
     [
         ("/nope/Conv=int8", "names no quantizable layer: /nope/Conv"),
         ("/nothing/*=fp32", "matches no quantizable layer"),
-        ("/stem/Conv=int4", "is not one of int8, int16, fp16, fp32"),
+        ("/stem/Conv=int3", "is not one of int8, int16, fp16, fp32"),
         ("/stem/Conv", "is not NAME=PRECISION"),
         ("default=float", "is not one of"),
     ],
