@@ -11,6 +11,7 @@ the whole model is built with it (`--precision default=SCHEME`, int8 activations
 
     python benchmarks/bench_schemes.py                    # both models, QAT for int2, ternary, binary
     python benchmarks/bench_schemes.py --models fashion --arm --qat all
+    python benchmarks/bench_schemes.py --models search   # EfficientNet-Lite0: a mix smaller than int8?
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def fashion(work: Path, qat: list[str], arm: bool, train: int, epochs: int) -> l
         images, labels = load_fashion_mnist("train")
         x, y = normalize_fashion(images[:train]), labels[:train].astype(np.int64)
         for scheme in qat:
-            net = tutorial.fine_tune(tutorial.make_qat_model(tutorial.float_model(), 8, scheme), x, y, epochs, lr=5e-4)
+            lr = 5e-4 if scheme in ("ternary", "binary") else 1e-4  # 2-3 levels need the larger steps
+            net = tutorial.fine_tune(tutorial.make_qat_model(tutorial.float_model(), 8, scheme), x, y, epochs, lr=lr)
             onnx_path = tutorial.export_qdq(net, work / f"fashion_qat_{scheme}.onnx")
             art = qcompile.build(onnx_path, work / f"fashion_qat_{scheme}", config=_config(scheme))  # no calib
             m = qcompile.verify(art.artifact, onnx_path, test)
@@ -153,9 +155,47 @@ def efficientnet(work: Path, views: int) -> list[dict]:
     return rows
 
 
+def effnet_search(work: Path, views: int, probe: int) -> None:
+    """The scheme search on EfficientNet-Lite0 with the budget all-int8 meets plus 0.5 points: is there a
+    mix smaller than all-int8 at the same agreement?"""
+    import qcompile
+    from qcompile.pipeline import MixedSearch
+    from qcompile.precision import SEARCH_SCHEMES
+    from qcompile.zoo.efficientnet import efficientnet_lite0_onnx
+    from qcompile.zoo.photos import photo_batches, photo_holdout
+
+    model = Path(efficientnet_lite0_onnx(batch=None))
+    calib, evals = work / "effnet_calib.npz", work / "effnet_eval.npz"
+    np.savez(calib, input=photo_batches("calib")[0])
+    np.savez(evals, input=photo_holdout(views))
+    int8 = qcompile.build(model, work / "effnet_search_int8", calib=calib).artifact
+    agree8 = qcompile.verify(int8, model, evals)["outputs"]["logits"]["top1_agreement"]
+    budget = qcompile.Budget(max_top1_drop=round(100.0 - agree8 + 0.5, 3))
+    search = MixedSearch(evals, budget, None, probe, SEARCH_SCHEMES, None)
+    built = qcompile.build(model, work / "effnet_search", calib=calib, search=search)
+    found = built.mixed
+    schemes = {}
+    for scheme in found["layers"].values():
+        schemes[scheme] = schemes.get(scheme, 0) + 1
+    print(f"\nEfficientNet-Lite0 scheme search, budget {budget.describe()} (all-int8 agreement {agree8:.2f}%):")
+    print(
+        f"  all-int8 weights {found['int8_weight_bytes']} B -> searched {found['weight_bytes']} B "
+        f"({100 * found['weight_bytes'] / found['int8_weight_bytes']:.1f}%), layers below int8: {schemes}"
+    )
+    v = found["verified"]
+    print(
+        f"  built library: top-1 agreement {v['top1_agreement']:.2f}% (all-int8 {agree8:.2f}%), "
+        f"SQNR {v['sqnr_db']:.2f} dB, budget met: {v['met']} (attempt {v['attempt']}); "
+        f"search {built.timings['scheme_search']:.0f} s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="fashion,effnet", help="fashion, effnet or both (default)")
+    parser.add_argument(
+        "--models", default="fashion,effnet", help="fashion, effnet (the tables; default both), search (EffNet search)"
+    )
+    parser.add_argument("--probe-samples", type=int, default=32, help="the search's samples per sensitivity run")
     parser.add_argument("--qat", default="int2,ternary,binary", help="Fashion schemes to fine-tune: list, all or none")
     parser.add_argument("--arm", action="store_true", help="also run each Fashion scheme on ARM under qemu")
     parser.add_argument("--train", type=int, default=12000, help="Fashion training images for QAT")
@@ -169,6 +209,8 @@ def main() -> None:
         fashion(work, qat, args.arm, args.train, args.epochs)
     if "effnet" in models:
         efficientnet(work, args.views)
+    if "search" in models:
+        effnet_search(work, args.views, args.probe_samples)
     print(f"\nartifacts: {work}")
 
 

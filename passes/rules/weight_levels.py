@@ -49,7 +49,10 @@ def _fit_scale(rows: np.ndarray, levels: np.ndarray, floor: np.ndarray) -> tuple
     top = absmax / np.abs(levels).max()
     best_err = np.full(len(rows), np.inf)
     best_scale = np.where(top > 0, top, 1.0)
-    for f in _SCALE_GRID:
+    # -2..1 reaches further below zero than above: a channel whose largest weight is positive may need
+    # the scale absmax / 1, twice absmax / max|level| (a QAT-trained int2 layer's own scale)
+    reach = np.abs(levels).max() / min(abs(levels.min()), levels.max())
+    for f in _SCALE_GRID * reach if reach > 1 else _SCALE_GRID:
         s = np.where(top > 0, top * f, 1.0)[:, None]
         err = ((rows - snap(rows / s, levels) * s) ** 2).sum(axis=1)
         better = err < best_err
