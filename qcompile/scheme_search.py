@@ -56,16 +56,8 @@ class WeightProbe:
     """The float model with its conv/matmul weights as inputs, compiled once for this machine."""
 
     def __init__(self, canon, layers, data, input_names: list[str], rounding=None) -> None:
-        from qcompile.calibration.collect import compile_host
-        from qcompile.passes.rewrite import (
-            const_value,
-            copy_binding,
-            is_const,
-            main_bindings,
-            op_name,
-            replay,
-            substitute,
-        )
+        from qcompile.calibration.collect import compile_host_module
+        from qcompile.passes.rewrite import const_value, is_const, main_bindings, op_name
         from qcompile.passes.rules import OP_RULES
         from qcompile.passes.rules.linear import LinearRule
 
@@ -74,7 +66,6 @@ class WeightProbe:
         self.rounding = rounding  # the build's WeightRounding: GPTQ where calibration gathered its statistics
         self.calls: dict[str, tuple[object, relax.VarBinding]] = {}
         self.weights: dict[str, tuple[np.ndarray, int]] = {}
-        params: dict[relax.Var, relax.Var] = {}
         wanted = set(layers)
         for b in main_bindings(canon.mod["main"]):
             layer = canon.layer_of.get(b.var.name)
@@ -83,21 +74,18 @@ class WeightProbe:
                 continue
             if not is_const(b.value.args[1]) or not rule.supported(b):
                 continue
-            w = const_value(b.value.args[1])
-            params[b.var] = relax.Var(f"weight_{len(params)}", relax.TensorType(w.shape, str(w.dtype)))
-            self.weights[layer] = (w, rule.weight_axis)
+            self.weights[layer] = (const_value(b.value.args[1]), rule.weight_axis)
             self.calls[layer] = (rule, b)
-
-        def step(bb: relax.BlockBuilder, env, binding: relax.VarBinding) -> None:
-            if binding.var not in params:
-                copy_binding(bb, env, binding)
-                return
-            call = binding.value
-            args = [substitute(call.args[0], env), params[binding.var], *(substitute(a, env) for a in call.args[2:])]
-            env[binding.var] = bb.emit(relax.Call(call.op, args, call.attrs, call.ty_args), binding.var.name)
-
-        self.layers = tuple(self.weights)
-        self.vm = compile_host(replay(canon.mod, step, extra_params=list(params.values())))
+        # The weights become inputs after lowering, where the kernels hold them in their own layout (so the
+        # probe runs qcompile's float kernels, not TVM's unscheduled generic conv): each layer's constant
+        # is found there by its value in one of the layouts lowering gives float weights.
+        table: dict[tuple[tuple[int, ...], bytes], tuple[str, int]] = {}
+        for layer, (w, _) in self.weights.items():
+            for i, form in enumerate(_layouts(w)):
+                table.setdefault((form.shape, form.tobytes()), (layer, i))
+        self.lifted: list[tuple[str, int]] = []
+        self.vm = compile_host_module(canon.mod, lambda lowered: _lift_weights(lowered, table, self.lifted))
+        self.layers = tuple(layer for layer, _ in self.lifted)
         self._tensors: dict[tuple[str, str | None], tvm.runtime.Tensor] = {}
         self.reference = self.outputs({})
 
@@ -116,7 +104,8 @@ class WeightProbe:
                 shape = [1] * w.ndim
                 shape[axis] = -1
                 value = (q.astype(np.float64) * scale.reshape(shape)).astype(w.dtype)
-            self._tensors[key] = tvm.runtime.tensor(np.ascontiguousarray(value))
+            form = dict(self.lifted)[layer]
+            self._tensors[key] = tvm.runtime.tensor(np.ascontiguousarray(_layouts(value)[form]))
         return self._tensors[key]
 
     def _rounded(self, layer: str, spec: QuantSpec, q: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -156,6 +145,54 @@ class WeightProbe:
 
     def total_bytes(self, config: dict[str, str]) -> int:
         return sum(self.stored(layer, config.get(layer, "int8")) for layer in self.layers)
+
+
+def _layouts(w: np.ndarray) -> list[np.ndarray]:
+    """The forms a float conv/matmul weight takes in the lowered module: as it is ([K, N] for a dense),
+    HWIO (channels-last conv) and HWO (depthwise: one input channel per group)."""
+    if w.ndim != 4:
+        return [w]
+    hwio = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    return [w, hwio, np.ascontiguousarray(hwio[:, :, 0, :])]
+
+
+def _lift_weights(lowered: tvm.IRModule, table: dict, lifted: list) -> tvm.IRModule:
+    """`lowered` with every kernel argument that is one of `table`'s weights turned into a parameter of
+    main (appended to `lifted` as (layer, layout index), in parameter order)."""
+    from qcompile.passes.rewrite import const_value, copy_binding, is_const, replay, substitute
+
+    params: list[relax.Var] = []
+    seen: dict[str, relax.Var] = {}
+
+    def lift(arg: relax.Expr) -> relax.Expr:
+        if not is_const(arg) or str(arg.ty.dtype) != "float32":
+            return arg
+        value = const_value(arg)
+        found = table.get((value.shape, value.tobytes()))
+        if found is None:
+            return arg
+        if found[0] not in seen:
+            seen[found[0]] = relax.Var(f"weight_{len(params)}", relax.TensorType(value.shape, "float32"))
+            params.append(seen[found[0]])
+            lifted.append(found)
+        return seen[found[0]]
+
+    def step(bb: relax.BlockBuilder, env, binding: relax.VarBinding) -> None:
+        call = binding.value
+        if not (isinstance(call, relax.Call) and len(call.args) == 2 and isinstance(call.args[1], relax.Tuple)):
+            copy_binding(bb, env, binding)
+            return
+        fields = [lift(substitute(f, env)) for f in call.args[1].fields]
+        new = relax.Call(call.op, [call.args[0], relax.Tuple(fields)], call.attrs, call.ty_args)
+        env[binding.var] = bb.emit(new, binding.var.name)
+
+    # the parameters are only known once every binding is seen: a first pass finds them
+    for binding in lowered["main"].body.blocks[0].bindings:
+        call = binding.value
+        if isinstance(call, relax.Call) and len(call.args) == 2 and isinstance(call.args[1], relax.Tuple):
+            for f in call.args[1].fields:
+                lift(f)
+    return replay(lowered, step, extra_params=params)
 
 
 def scheme_sensitivity(probe: WeightProbe, schemes: tuple[str, ...], limit: int | None) -> list[dict]:

@@ -33,6 +33,16 @@ def expose(mod: tvm.IRModule, names: Sequence[str]) -> tvm.IRModule:
     return replay(mod, copy_binding, extra_outputs=lambda env: [env[by_name[n]] for n in names])
 
 
+def compile_host_module(mod: tvm.IRModule, after_lowering=None):
+    """`compile_host` with a hook on the lowered module (before schedules)."""
+    from qcompile.runtime import host_cpu_flags
+    from qcompile.targets.x86 import host_preset
+
+    spec = host_preset(host_cpu_flags())
+    ex = compile_module(mod, spec.tvm(), spec.kernels, apply_records=after_lowering)
+    return relax.VirtualMachine(ex, tvm.cpu())
+
+
 def compile_host(mod: tvm.IRModule):
     """Compile for this machine with the fastest preset its CPU runs (calibration runs here)."""
     from qcompile.runtime import host_cpu_flags
