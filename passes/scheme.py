@@ -133,7 +133,10 @@ DEFAULT_CODEBOOK = 16
 
 def weight_scheme(name: str, codebook_size: int = DEFAULT_CODEBOOK) -> QuantSpec:
     """The per-channel weight spec of a precision: int8, int4 (-7..7), int2 (-2..1), pow2, ternary,
-    binary or codebook (`codebook_size` centroids)."""
+    binary, codebook (`codebook_size` centroids) or codebookK (K centroids, whatever `codebook_size` says)."""
+    digits = name.removeprefix("codebook")
+    if name.startswith("codebook") and digits.isdigit():
+        name, codebook_size = "codebook", int(digits)
     if name == "int8":
         return WEIGHT_INT8
     if name == "int4":

@@ -33,7 +33,6 @@ from qcompile.precision import (
     FLOAT_PRECISIONS,
     WEIGHT_ONLY,
     PrecisionSpec,
-    codebook_size_of,
     default_precision,
     is_sub8,
 )
@@ -167,8 +166,7 @@ def annotate_stage(canon: Canonical, config: BuildConfig, target: TargetSpec) ->
             "store int8 weights (use int8, int16 or fp32 there)"
         )
     for name, p in sub8.items():
-        k = codebook_size_of(p)
-        layer_weight[name] = weight_scheme("codebook", k) if k is not None else weight_scheme(p, config.codebook_size)
+        layer_weight[name] = weight_scheme(p, config.codebook_size)
     return annotate(
         canon.mod,
         layer_of=canon.layer_of,

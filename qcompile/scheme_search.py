@@ -26,15 +26,10 @@ from tvm import relax
 from qcompile.metrics import classification_metrics, ratio_db
 from qcompile.mixed import MAX_SQNR_DB, Budget
 from qcompile.passes.scheme import WEIGHT_INT8, QuantSpec, stored_bytes, weight_scheme
-from qcompile.precision import SEARCH_SCHEMES, codebook_size_of
+from qcompile.precision import SEARCH_SCHEMES
 from qcompile.progress import progress
 
 __all__ = ["SEARCH_SCHEMES", "WeightProbe", "parse_schemes", "scheme_sensitivity", "search_schemes"]
-
-
-def scheme_spec(name: str) -> QuantSpec:
-    k = codebook_size_of(name)
-    return weight_scheme("codebook", k) if k is not None else weight_scheme(name)
 
 
 def parse_schemes(text: str) -> tuple[str, ...]:
@@ -44,7 +39,7 @@ def parse_schemes(text: str) -> tuple[str, ...]:
     names = [s.strip() for s in text.split(",") if s.strip()]
     for name in names:
         try:
-            scheme_spec(name)
+            weight_scheme(name)
         except ValueError:
             raise InputError(
                 f"--schemes: {name!r} is not a weight scheme (int8, int4, int2, pow2, ternary, binary, codebookK)"
@@ -86,6 +81,7 @@ class WeightProbe:
         self.lifted: list[tuple[str, int]] = []
         self.vm = compile_host_module(canon.mod, lambda lowered: _lift_weights(lowered, table, self.lifted))
         self.layers = tuple(layer for layer, _ in self.lifted)
+        self.form = dict(self.lifted)  # layer -> index of the layout its kernel reads
         self._tensors: dict[tuple[str, str | None], tvm.runtime.Tensor] = {}
         self.reference = self.outputs({})
 
@@ -98,13 +94,13 @@ class WeightProbe:
             w, axis = self.weights[layer]
             value = w
             if scheme is not None:
-                spec = scheme_spec(scheme)
+                spec = weight_scheme(scheme)
                 q, scale = quantize_weight(w, axis, 0.0, spec, layer)
                 q = self._rounded(layer, spec, q, scale)
                 shape = [1] * w.ndim
                 shape[axis] = -1
                 value = (q.astype(np.float64) * scale.reshape(shape)).astype(w.dtype)
-            form = dict(self.lifted)[layer]
+            form = self.form[layer]
             self._tensors[key] = tvm.runtime.tensor(np.ascontiguousarray(_layouts(value)[form]))
         return self._tensors[key]
 
@@ -141,7 +137,7 @@ class WeightProbe:
 
     def stored(self, layer: str, scheme: str) -> int:
         w, axis = self.weights[layer]
-        return stored_bytes(WEIGHT_INT8 if scheme == "int8" else scheme_spec(scheme), w.shape, axis)
+        return stored_bytes(WEIGHT_INT8 if scheme == "int8" else weight_scheme(scheme), w.shape, axis)
 
     def total_bytes(self, config: dict[str, str]) -> int:
         return sum(self.stored(layer, config.get(layer, "int8")) for layer in self.layers)
@@ -206,7 +202,7 @@ def scheme_sensitivity(probe: WeightProbe, schemes: tuple[str, ...], limit: int 
         row = {
             "layer": layer,
             "scheme": scheme,
-            "bits": scheme_spec(scheme).bits,
+            "bits": weight_scheme(scheme).bits,
             "weight_bytes": probe.stored(layer, scheme),
             "int8_weight_bytes": probe.stored(layer, "int8"),
             "sqnr_db": m["sqnr_db"],

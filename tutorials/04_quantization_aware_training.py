@@ -149,11 +149,8 @@ def scheme_integers(weight: np.ndarray, scheme: str) -> tuple[np.ndarray, np.nda
     """qcompile's integers and per-channel scales for `weight` (output channels first) under `scheme`."""
     from qcompile.passes.rules.weight_levels import quantize_levels
     from qcompile.passes.scheme import weight_scheme
-    from qcompile.precision import codebook_size_of
 
-    k = codebook_size_of(scheme)
-    spec = weight_scheme("codebook", k) if k is not None else weight_scheme(scheme)
-    return quantize_levels(weight.astype(np.float64), 0, spec)
+    return quantize_levels(weight.astype(np.float64), 0, weight_scheme(scheme))
 
 
 def fine_tune(qat, x: np.ndarray, y: np.ndarray, epochs: int, lr: float = 1e-4):
