@@ -233,6 +233,19 @@ def artifact_label(manifest: dict, float_layers: int, weight_schemes: tuple[str,
     return label + (f" + {float_layers} float layers" if float_layers else "")
 
 
+def _model_kind(model: Path) -> str:
+    """How onnxruntime runs `model`: fp32, or int8 when the file is already quantized (Q/DQ pairs or
+    QLinear/Integer ops): its row is then onnxruntime's int8 speed, not its float one."""
+    import onnx
+
+    from qcompile.frontend.qdq import QDQ_OPS
+    from qcompile.frontend.qoperator import is_qoperator
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    quantized = is_qoperator(graph) or any(n.op_type in QDQ_OPS for n in graph.node)
+    return "int8 (the model as given)" if quantized else "fp32"
+
+
 def default_inputs(specs: list[dict], count: int = 4) -> list[dict[str, np.ndarray]]:
     """Inputs for timing when none are given: random normal floats; integer inputs drawn from the
     range the manifest records (token ids 0..vocab-1, masks all ones); an integer input with no known
@@ -292,7 +305,7 @@ def bench(
             name += f" [{Path(path).name}]"
         specs[name] = ("artifact", Path(path))
     if model is not None:
-        specs["onnxruntime fp32"] = ("onnx", Path(model))
+        specs[f"onnxruntime {_model_kind(Path(model))}"] = ("onnx", Path(model))
     if ort_int8 is not None:
         specs["onnxruntime int8 (QDQ)"] = ("onnx", Path(ort_int8))
     if ort_dynamic is not None:

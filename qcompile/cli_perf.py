@@ -61,7 +61,12 @@ def add_parsers(sub) -> None:
     )
     b.add_argument("artifacts", nargs="+", help="artifact directories (e.g. an int8 and a --bits 32 build)")
     b.add_argument("--model", help="the float ONNX model (needed for --vs-onnxruntime)")
-    b.add_argument("--vs-onnxruntime", action="store_true", help="add onnxruntime fp32 on --model")
+    b.add_argument(
+        "--vs-onnxruntime",
+        action="store_true",
+        help="add onnxruntime on --model: its fp32 speed, or its int8 speed when --model is already "
+        "quantized (QDQ or QOperator)",
+    )
     b.add_argument(
         "--ort-int8-calib",
         metavar="NPZ",
