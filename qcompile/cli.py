@@ -118,6 +118,16 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--per-layer", action="store_true", help="add a per-layer SQNR table (which layer broke it?)")
     v.add_argument("--max-samples", type=int, help="evaluate at most this many samples")
     v.add_argument(
+        "--shifts",
+        metavar="SPEC",
+        help="also measure under input shifts: 'default' (every shift at 3 severities) or e.g. "
+        "'noise:0.05,0.1;blur:1,2;brightness:-0.3,0.3;contrast:-0.5;jpeg:30;crop:0.2' (noise/brightness in units "
+        "of the input's value range, blur sigma in pixels, contrast factor - 1, JPEG quality, crop fraction); "
+        "per shift and severity: int8-vs-fp32 agreement and SQNR, fp32's own change from clean, and the "
+        "activation sites clipping beyond their calibrated range. Needs -o",
+    )
+    v.add_argument("-o", "--output", metavar="DIR", help="with --shifts: folder for robustness.json/.html/.png")
+    v.add_argument(
         "--task",
         choices=["classify", "detect", "binary", "embed"],
         help="also score the task: classify (top-1/top-5 of the first output), detect (YOLO-style boxes after "
@@ -293,6 +303,15 @@ def _verify(args: argparse.Namespace) -> int:
 
     if args.json is not None:
         check_output_file(args.json, "--json", [args.artifact, args.model, args.data])
+    shifts = None
+    if args.shifts is not None:
+        from qcompile.shifts import parse_shifts
+
+        shifts = parse_shifts(args.shifts)  # a bad spec fails before any work
+        if not args.output:
+            raise InputError("--shifts needs -o DIR: the folder for robustness.json, .html and .png")
+    elif args.output:
+        raise InputError("-o is the --shifts report folder: give --shifts too")
     code = 0
     try:
         metrics = api.verify(
@@ -310,6 +329,12 @@ def _verify(args: argparse.Namespace) -> int:
     print(_format_metrics(metrics))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
+    if shifts is not None:
+        from qcompile.robustness import format_shifts, shift_report
+
+        doc = shift_report(args.artifact, args.model, args.data, shifts, args.output, max_samples=args.max_samples)
+        print(format_shifts(doc))
+        print(f"wrote {Path(args.output) / 'robustness.html'} (and robustness.json, robustness.png)")
     return code
 
 

@@ -1,0 +1,250 @@
+"""`verify --shifts`: does the integer library still agree with fp32 when the data shifts?
+
+For every shift and severity (qcompile.shifts) it runs the float model (onnxruntime) and the library on
+the shifted data and reports, beside the clean run: the library's top-1 agreement and SQNR against fp32,
+fp32's own change from its clean predictions (how far the shift moves the float model itself), and how
+many activation sites see values beyond the range calibration gave them (those values clip in int8),
+by how much. Written as robustness.json, robustness.html and robustness.png."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from qcompile.errors import InputError
+from qcompile.progress import progress
+from qcompile.shifts import SHIFTS, ShiftRun
+
+__all__ = ["shift_report"]
+
+
+def shift_report(
+    artifact_path: str | Path,
+    model_path: str | Path,
+    data_path: str | Path,
+    shifts: dict[str, tuple[float, ...]],
+    out_dir: str | Path,
+    *,
+    max_samples: int | None = None,
+    clip_samples: int = 64,
+) -> dict:
+    from qcompile.data import Dataset, load_data
+    from qcompile.runtime import Runner, open_artifact
+    from qcompile.verification import onnxruntime_session, reference_model
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"-o {out_dir}: a file is in the way; name a folder for the robustness report")
+    artifact = open_artifact(artifact_path)
+    if "npu" in artifact.manifest:
+        raise InputError("--shifts: not yet for npu artifacts (verify them without --shifts)")
+    model = reference_model(artifact, model_path)
+    data = load_data(data_path, artifact.inputs, "evaluation", fixed=model.fixed_inputs)
+    if max_samples is not None:
+        data = data.take(max(1, max_samples // data.batch))
+    image = next((s.name for s in artifact.inputs if ShiftRun.of(data.samples(s.name)) is not None), None)
+    doc: dict = {
+        "samples": data.num_batches * data.batch,
+        "applied_to": "the input tensor (.npz: already preprocessed); severities in units of its value range",
+        "shifts": {},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if image is None:
+        doc["not_applicable"] = (
+            "no input is a float image tensor (N x C x H x W or N x H x W x C): no shift applies to "
+            + ", ".join(s.name for s in artifact.inputs)
+        )
+        _write(out_dir, doc)
+        return doc
+    run = ShiftRun.of(data.samples(image))
+    doc.update(input=image, layout=run.layout, value_range=round(run.span, 6))
+    session = onnxruntime_session(model.proto.SerializeToString())
+    runner = Runner(artifact)
+    clipping = _Clipping(artifact, model)
+    names = list(artifact.output_names)
+
+    def measure(ds: Dataset, label: str) -> tuple[dict, np.ndarray]:
+        ref, test = [], []
+        for batch in progress(ds.batches(), total=ds.num_batches, desc=label):
+            ref.append(np.asarray(session.run(names[:1], batch)[0]))
+            test.append(runner(batch)[0])
+        r, q = np.concatenate(ref), np.concatenate(test)
+        row = _scores(r, q, ds.labels)
+        row["clipping"] = clipping(ds.take(max(1, clip_samples // ds.batch)))
+        return row, r
+
+    clean, clean_ref = measure(data, "clean")
+    doc["clean"] = clean
+    for name, severities in shifts.items():
+        rows = []
+        for sev in severities:
+            shifted = run.apply(data.samples(image), name, sev).reshape(data.arrays[image].shape)
+            ds = Dataset({**data.arrays, image: shifted}, data.labels, data.batch, data.pair_of)
+            row, ref = measure(ds, f"{name} {sev:g}")
+            row = {"severity": sev, **row, **_fp32_change(clean_ref, ref, clean)}
+            rows.append(row)
+        doc["shifts"][name] = {"unit": SHIFTS[name].unit, "rows": rows}
+    _write(out_dir, doc)
+    return doc
+
+
+def _scores(ref: np.ndarray, test: np.ndarray, labels) -> dict:
+    from qcompile.metrics import classification_metrics, output_metrics
+
+    row = {k: v for k, v in output_metrics(ref, test).items() if k in ("sqnr_db", "cosine")}
+    if ref.ndim == 2 and ref.shape[1] > 1:
+        row.update(classification_metrics(ref, test, labels[: len(ref)] if labels is not None else None))
+    return row
+
+
+def _fp32_change(clean: np.ndarray, shifted: np.ndarray, clean_row: dict) -> dict:
+    """How far the shift moves the float model itself: its top-1 agreement with its own clean
+    predictions and SQNR against its clean outputs (and its accuracy change, with labels)."""
+    from qcompile.metrics import sqnr_db
+
+    out = {"fp32_sqnr_vs_clean_db": round(sqnr_db(clean, shifted), 3)}
+    if clean.ndim == 2 and clean.shape[1] > 1:
+        out["fp32_top1_vs_clean"] = round(100.0 * float(np.mean(clean.argmax(1) == shifted.argmax(1))), 2)
+    return out
+
+
+class _Clipping:
+    """Activation sites whose float values fall beyond their calibrated range [scale*(qmin-zp),
+    scale*(qmax-zp)]: the values int8 clips. Counted on the float model with every site exposed."""
+
+    def __init__(self, artifact, model) -> None:
+        from qcompile.calibration.collect import compile_host, expose
+        from qcompile.calibration.store import load_qparams
+        from qcompile.config import BuildConfig
+        from qcompile.pipeline import annotate_stage, canonicalize_stage
+        from qcompile.targets import TARGETS
+
+        config = BuildConfig.from_json(artifact.manifest["quantization"]["config"])
+        canon = canonicalize_stage(model)
+        plan = annotate_stage(canon, config, TARGETS.get(config.target))
+        qparams = load_qparams(artifact.file("qparams.json"), model.sha256, plan)
+        self.ranges = {
+            site: (qp.scale * (qp.qmin - qp.zero_point), qp.scale * (qp.qmax - qp.zero_point))
+            for site, qp in qparams.items()
+            if site in plan.sites and not plan.sites[site].dynamic and qp.divisor is None
+        }
+        self.sites = sorted(self.ranges)
+        self.inputs = [s.name for s in model.inputs]
+        self.n_out = len(model.outputs)
+        self.vm = compile_host(expose(canon.mod, self.sites))
+
+    def __call__(self, ds) -> dict:
+        from qcompile.calibration.collect import run_vm
+
+        beyond = np.zeros(len(self.sites))
+        total = np.zeros(len(self.sites))
+        excess = np.zeros(len(self.sites))  # the furthest value beyond, in units of the site's range
+        for batch in ds.batches():
+            for i, value in enumerate(run_vm(self.vm, batch, self.inputs)[self.n_out :]):
+                lo, hi = self.ranges[self.sites[i]]
+                v = np.asarray(value, np.float64)
+                over = np.maximum(v - hi, lo - v)
+                beyond[i] += int(np.count_nonzero(over > 0))
+                total[i] += v.size
+                excess[i] = max(excess[i], float(over.max()) / (hi - lo))
+        clipped = beyond > 0
+        worst = int(np.argmax(excess)) if self.sites else 0
+        return {
+            "sites": len(self.sites),
+            "sites_clipping": int(clipped.sum()),
+            "values_clipped_pct": round(100.0 * float(beyond.sum() / max(total.sum(), 1)), 4),
+            "max_excess_of_range": round(float(excess.max()), 4) if self.sites else 0.0,
+            "worst_site": self.sites[worst] if clipped.any() else None,
+        }
+
+
+def _write(out: Path, doc: dict) -> None:
+    (out / "robustness.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if doc.get("shifts"):
+        _plot(out / "robustness.png", doc)
+    (out / "robustness.html").write_text(_html(doc))
+
+
+def _metric(doc: dict) -> tuple[str, str]:
+    if "top1_agreement" in doc.get("clean", {}):
+        return "top1_agreement", "int8 vs fp32 top-1 agreement (%)"
+    return "sqnr_db", "int8 vs fp32 SQNR (dB)"
+
+
+def _plot(path: Path, doc: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key, label = _metric(doc)
+    shifts = doc["shifts"]
+    fig, axes = plt.subplots(1, len(shifts), figsize=(3.2 * len(shifts), 3.2), squeeze=False)
+    for ax, (name, s) in zip(axes[0], shifts.items()):
+        xs = [r["severity"] for r in s["rows"]]
+        ax.plot(xs, [r[key] for r in s["rows"]], "o-", label="int8 vs fp32")
+        if key == "top1_agreement":
+            ax.plot(xs, [r["fp32_top1_vs_clean"] for r in s["rows"]], "s--", label="fp32 vs its clean run")
+        ax.axhline(doc["clean"][key], color="k", lw=1, ls=":", label="clean")
+        ax.set_title(name)
+        ax.set_xlabel("severity")
+    axes[0][0].set_ylabel(label)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _html(doc: dict) -> str:
+    key, label = _metric(doc)
+    parts = [
+        "<!doctype html><meta charset=utf-8><title>qcompile robustness</title>",
+        f"<h1>Robustness under input shifts</h1><p>{doc['samples']} samples; shifts applied to "
+        f"{html.escape(doc['applied_to'])}.</p>",
+    ]
+    if "not_applicable" in doc:
+        return "\n".join([*parts, f"<p>{html.escape(doc['not_applicable'])}</p>"])
+    clean = doc["clean"]
+    parts.append(
+        f"<p>clean: {label} {clean[key]}, SQNR {clean['sqnr_db']} dB, "
+        f"{clean['clipping']['sites_clipping']} of {clean['clipping']['sites']} sites clip</p>"
+        '<img src="robustness.png" alt="agreement vs severity"><table border=1 cellpadding=3>'
+        f"<tr><th>shift</th><th>severity</th><th>{label}</th><th>SQNR dB</th><th>fp32 vs clean</th>"
+        "<th>sites clipping</th><th>values clipped %</th><th>max excess (x range)</th></tr>"
+    )
+    for name, s in doc["shifts"].items():
+        for r in s["rows"]:
+            fp32 = r.get("fp32_top1_vs_clean", r["fp32_sqnr_vs_clean_db"])
+            c = r["clipping"]
+            parts.append(
+                f"<tr><td>{html.escape(name)}</td><td>{r['severity']:g}</td><td>{r[key]}</td><td>{r['sqnr_db']}"
+                f"</td><td>{fp32}</td><td>{c['sites_clipping']}/{c['sites']}</td><td>{c['values_clipped_pct']}"
+                f"</td><td>{c['max_excess_of_range']}</td></tr>"
+            )
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
+def format_shifts(doc: dict) -> str:
+    """The report as printed lines: one per shift and severity."""
+    if "not_applicable" in doc:
+        return f"shifts: not applicable: {doc['not_applicable']}"
+    key, label = _metric(doc)
+    c = doc["clean"]
+    lines = [
+        f"shifts on {doc['input']} ({doc['applied_to']}), {doc['samples']} samples; {label}:",
+        f"  {'clean':<12} {'':>8} {c[key]:>8}  SQNR {c['sqnr_db']:>6} dB  "
+        f"clipping sites {c['clipping']['sites_clipping']}/{c['clipping']['sites']}",
+    ]
+    for name, s in doc["shifts"].items():
+        for r in s["rows"]:
+            fp32 = f"fp32 vs clean {r['fp32_top1_vs_clean']}%" if "fp32_top1_vs_clean" in r else ""
+            lines.append(
+                f"  {name:<12} {r['severity']:>8g} {r[key]:>8}  SQNR {r['sqnr_db']:>6} dB  "
+                f"clipping sites {r['clipping']['sites_clipping']}/{r['clipping']['sites']} "
+                f"(max {r['clipping']['max_excess_of_range']}x range)  {fp32}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,160 @@
+"""Input distribution shifts as data: a registry of transformations, each with a severity scale, that
+`verify --shifts` applies to held-out data to ask whether the integer library still agrees with fp32
+when the data moves away from what calibration saw.
+
+An .npz holds the model's input tensors, already preprocessed, so the shifts act on the tensor. Each
+severity is in units of the tensor's own value range R (its 0.5-99.5 percentile span over the data, i.e.
+the pixel range 0..255 after any normalisation), so `noise:0.05` means the same on a (x/255 - m)/s input
+as on a 0..1 one. A shift applies to float inputs of rank 4 (N, C, H, W with C in 1..4, or N, H, W, C);
+on any other input (token ids, audio frames, state tensors) it is declared not applicable.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from qcompile.errors import InputError
+
+__all__ = ["SHIFTS", "Shift", "ShiftRun", "image_layout", "parse_shifts"]
+
+
+@dataclass(frozen=True)
+class Shift:
+    """One family: `apply(x, severity, span, rng)` on an N x C x H x W float tensor of range `span`."""
+
+    name: str
+    unit: str  # what a severity means
+    defaults: tuple[float, ...]  # the three severities of `--shifts default`, mild to strong
+    apply: Callable[[np.ndarray, float, float, np.random.Generator], np.ndarray]
+
+
+def _noise(x, s, span, rng):
+    return x + rng.normal(0.0, s * span, x.shape).astype(x.dtype)
+
+
+def _blur(x, s, span, rng):
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(x, sigma=(0, 0, s, s), mode="nearest").astype(x.dtype)
+
+
+def _brightness(x, s, span, rng):
+    return x + np.asarray(s * span, x.dtype)
+
+
+def _contrast(x, s, span, rng):
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    return (mean + (x - mean) * (1.0 + s)).astype(x.dtype)
+
+
+def _jpeg(x, s, span, rng):
+    """JPEG re-encoding (Pillow) at quality `s`: each image mapped to 0..255 over the data's range, encoded,
+    decoded and mapped back (grey for 1 channel, RGB for 3, each channel alone otherwise)."""
+    from PIL import Image
+
+    lo = float(np.percentile(x, 0.5))
+    out = np.empty_like(x)
+    for i, img in enumerate(x):
+        u8 = np.clip(np.rint((img - lo) / span * 255.0), 0, 255).astype(np.uint8)
+        planes = [u8.transpose(1, 2, 0)] if u8.shape[0] == 3 else list(u8)
+        decoded = []
+        for plane in planes:
+            buf = io.BytesIO()
+            Image.fromarray(plane).save(buf, format="JPEG", quality=int(s))
+            decoded.append(np.asarray(Image.open(buf), np.float32))
+        back = decoded[0].transpose(2, 0, 1) if u8.shape[0] == 3 else np.stack(decoded)
+        out[i] = back / 255.0 * span + lo
+    return out
+
+
+def _crop(x, s, span, rng):
+    """Scale-and-crop jitter: a random crop keeping 1 - s of each side, resized back (bilinear)."""
+    from scipy.ndimage import zoom
+
+    n, c, h, w = x.shape
+    out = np.empty_like(x)
+    for i in range(n):
+        ch, cw = max(2, round(h * (1 - s))), max(2, round(w * (1 - s)))
+        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        crop = x[i, :, top : top + ch, left : left + cw]
+        out[i] = zoom(crop, (1, h / ch, w / cw), order=1, mode="nearest")[:, :h, :w]
+    return out
+
+
+SHIFTS: dict[str, Shift] = {
+    s.name: s
+    for s in (
+        Shift("noise", "Gaussian noise, sigma in units of the input range", (0.01, 0.03, 0.05), _noise),
+        Shift("blur", "Gaussian blur, sigma in pixels", (0.5, 1.0, 1.5), _blur),
+        Shift("brightness", "offset in units of the input range", (-0.1, 0.1, 0.2), _brightness),
+        Shift("contrast", "contrast factor - 1 around each image's mean", (-0.3, 0.2, 0.4), _contrast),
+        Shift("jpeg", "JPEG quality (Pillow), lower is stronger", (50.0, 30.0, 10.0), _jpeg),
+        Shift("crop", "fraction of each side cropped away, then resized back", (0.1, 0.2, 0.3), _crop),
+    )
+}
+
+
+def parse_shifts(text: str) -> dict[str, tuple[float, ...]]:
+    """`default`, or `name:s1,s2;name:s3` (a name alone takes its default severities)."""
+    if text.strip() == "default":
+        return {name: shift.defaults for name, shift in SHIFTS.items()}
+    out: dict[str, tuple[float, ...]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, _, values = part.partition(":")
+        name = name.strip()
+        if name not in SHIFTS:
+            raise InputError(f"--shifts: {name!r} is not a shift (one of {', '.join(SHIFTS)}, or 'default')")
+        try:
+            sev = tuple(float(v) for v in values.split(",") if v.strip()) if values.strip() else SHIFTS[name].defaults
+        except ValueError:
+            raise InputError(f"--shifts: {part!r}: severities must be numbers, e.g. {name}:0.05,0.1") from None
+        if name == "jpeg" and not all(1 <= s <= 95 for s in sev):
+            raise InputError(f"--shifts: {part!r}: a JPEG quality is in 1..95")
+        if name == "crop" and not all(0 <= s < 1 for s in sev):
+            raise InputError(f"--shifts: {part!r}: a crop fraction is in [0, 1)")
+        if name == "blur" and not all(s >= 0 for s in sev):
+            raise InputError(f"--shifts: {part!r}: a blur sigma is >= 0")
+        out[name] = sev
+    if not out:
+        raise InputError("--shifts is empty: name shifts, e.g. 'noise:0.05,0.1;blur:1' or 'default'")
+    return out
+
+
+def image_layout(samples: np.ndarray) -> str | None:
+    """'NCHW' or 'NHWC' for a float image tensor (samples first), None when no shift applies to it."""
+    if samples.ndim != 4 or not np.issubdtype(samples.dtype, np.floating):
+        return None
+    if samples.shape[1] <= 4 < min(samples.shape[2:]):
+        return "NCHW"
+    if samples.shape[3] <= 4 < min(samples.shape[1:3]):
+        return "NHWC"
+    return None
+
+
+@dataclass(frozen=True)
+class ShiftRun:
+    """The data's image input, ready to be shifted: its layout and value range, fixed on the clean data."""
+
+    layout: str
+    span: float
+    seed: int = 0
+
+    @classmethod
+    def of(cls, samples: np.ndarray) -> ShiftRun | None:
+        layout = image_layout(samples)
+        if layout is None:
+            return None
+        lo, hi = np.percentile(samples, [0.5, 99.5])
+        return cls(layout, float(hi - lo) if hi > lo else 1.0)
+
+    def apply(self, samples: np.ndarray, name: str, severity: float) -> np.ndarray:
+        """The shifted samples (same seed for every call: one shift's severities differ only in strength)."""
+        rng = np.random.default_rng(self.seed)
+        x = samples if self.layout == "NCHW" else samples.transpose(0, 3, 1, 2)
+        y = SHIFTS[name].apply(np.ascontiguousarray(x, np.float32), severity, self.span, rng)
+        y = y if self.layout == "NCHW" else y.transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(y, samples.dtype)
