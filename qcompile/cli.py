@@ -167,6 +167,14 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--data", required=True, help="evaluation .npz (one array per input, optional 'labels')")
     a.add_argument("--max-samples", type=int, default=100, help="evaluate on at most this many samples (default 100)")
     a.add_argument(
+        "--calib-subsets",
+        type=int,
+        metavar="K",
+        help="also K builds, each calibrated on one of K disjoint subsets of --calib (every K-th batch), each "
+        "verified on --data: the spread (mean, std, min, max) of agreement, accuracy and SQNR says whether the "
+        "calibration set is large enough (calib_subsets.json)",
+    )
+    a.add_argument(
         "--schemes",
         metavar="LIST",
         help="also the sensitivity per weight scheme (e.g. int8,int4,pow2,ternary): each layer alone under "
@@ -403,6 +411,8 @@ def _analyze(args: argparse.Namespace) -> int:
     from qcompile.analysis import analyze
     from qcompile.scheme_search import parse_schemes
 
+    if args.calib_subsets is not None and (args.calib is None or args.calib_subsets < 2):
+        raise InputError("--calib-subsets K needs --calib DATA and K >= 2 (it calibrates on K parts of DATA)")
     report = analyze(
         args.model,
         args.output,
@@ -428,6 +438,22 @@ def _analyze(args: argparse.Namespace) -> int:
             text = [f"{cells[n]['sqnr_db']:>7.2f}/{cells[n].get('top1_agreement', float('nan')):>7.2f}" for n in names]
             print(f"  {layer[-40:]:<40} " + " ".join(f"{t:>16}" for t in text))
     print(f"wrote {args.output}/report.json and report.html ({report['seconds']} s)")
+    if args.calib_subsets is not None:
+        from qcompile.robustness import calib_subsets
+
+        doc = calib_subsets(
+            args.model,
+            args.calib,
+            args.data,
+            args.calib_subsets,
+            args.output,
+            config=config_from_args(args),
+            max_samples=args.max_samples,
+        )
+        print(f"calibration on {doc['k']} disjoint subsets of {doc['calibration_batches']} batches:")
+        for key, s in doc["spread"].items():
+            print(f"  {key:<16} mean {s['mean']:>9}  std {s['std']:>8}  min {s['min']:>9}  max {s['max']:>9}")
+        print(f"wrote {args.output}/calib_subsets.json")
     return 0
 
 

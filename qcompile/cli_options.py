@@ -78,6 +78,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-calib-batches", type=int, help="use at most this many calibration batches")
     p.add_argument(
+        "--calib-shifts",
+        metavar="SPEC",
+        help="calibrate on the data plus one shifted copy of it (each sample under one shift of SPEC, at one "
+        "of its severities): 'default' or e.g. 'noise:0.02,0.05;blur:1' (the shifts of verify --shifts); "
+        "ranges then cover shifted inputs",
+    )
+    p.add_argument(
         "--bias-correction",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -178,6 +185,7 @@ def config_from_args(args: argparse.Namespace):
         float_dtype="float16" if args.fp16 else "float32",
         precision=precision,
         npu_only=args.npu_only,
+        calib_shifts=args.calib_shifts,
     )
 
 

@@ -41,6 +41,7 @@ class BuildConfig:
     float_dtype: str = "float32"  # float layers' dtype: float16 on GPU targets (--fp16)
     precision: PrecisionSpec = PrecisionSpec()  # per-layer precision rules (--precision, --precision-file)
     npu_only: bool = False  # npu targets: fail when the NPU compiler leaves any operator on the CPU
+    calib_shifts: str | None = None  # --calib-shifts: calibrate on the data plus a shifted copy (qcompile.shifts)
 
     def __post_init__(self) -> None:
         spec = TARGETS.get(self.target)  # unknown target: error listing the known ones
@@ -102,6 +103,10 @@ class BuildConfig:
             raise InputError(f"--fp16 is for GPU targets; {self.target!r} computes float layers in float32")
         if self.max_calib_batches is not None and self.max_calib_batches <= 0:
             raise InputError("--max-calib-batches must be positive")
+        if self.calib_shifts is not None:
+            from qcompile.shifts import parse_shifts
+
+            parse_shifts(self.calib_shifts, "--calib-shifts")
 
     @property
     def float_precision(self) -> str:
@@ -134,4 +139,5 @@ class BuildConfig:
         doc.setdefault("group_size", 64)
         doc.setdefault("codebook_size", DEFAULT_CODEBOOK)
         doc.setdefault("npu_only", False)
+        doc.setdefault("calib_shifts", None)
         return BuildConfig(**doc)

@@ -240,6 +240,10 @@ def calibrate_stage(
     data = load_data(calib, canon.model.inputs, "calibration", prep, canon.model.fixed_inputs)
     if config.max_calib_batches is not None:
         data = data.take(config.max_calib_batches)
+    if config.calib_shifts is not None:
+        from qcompile.shifts import parse_shifts, with_shifted_views
+
+        data = with_shifted_views(data, parse_shifts(config.calib_shifts))
     moments = layer_input_moments(canon, plan) if gptq else {}
     result = calibrate(
         canon.mod,

@@ -248,3 +248,58 @@ def format_shifts(doc: dict) -> str:
                 f"(max {r['clipping']['max_excess_of_range']}x range)  {fp32}"
             )
     return "\n".join(lines)
+
+
+def calib_subsets(
+    model: str | Path,
+    calib: str | Path,
+    data: str | Path,
+    k: int,
+    out_dir: str | Path,
+    *,
+    config=None,
+    max_samples: int | None = None,
+) -> dict:
+    """`analyze --calib-subsets K`: K builds, each calibrated on one of K disjoint subsets of the
+    calibration data (every K-th batch, so each subset spans the whole set), each verified on `data`;
+    the spread of their metrics says whether the calibration set is large enough (a wide spread: the
+    ranges depend on which samples happened to be in it)."""
+    import tempfile
+
+    import qcompile as api
+    from qcompile.config import BuildConfig
+    from qcompile.data import ImagePreprocess, load_data
+    from qcompile.pipeline import load_stage
+
+    config = config or BuildConfig()
+    if k < 2:
+        raise InputError(f"--calib-subsets {k}: needs at least 2 subsets")
+    loaded = load_stage(model, config)
+    cal = load_data(calib, loaded.inputs, "calibration", ImagePreprocess.parse(config.preprocess), loaded.fixed_inputs)
+    if cal.num_batches < k:
+        raise InputError(f"--calib-subsets {k}: the calibration data has only {cal.num_batches} batches")
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="qcompile-subsets-") as tmp:
+        for i in range(k):
+            part = Path(tmp) / f"subset{i}.npz"
+            np.savez(part, **{n: a[i::k].reshape(-1, *a.shape[2:]) for n, a in cal.arrays.items()})
+            built = api.build(model, Path(tmp) / f"art{i}", calib=part, config=config)
+            m = api.verify(built.artifact, model, data, max_samples=max_samples)
+            row = {"subset": i, "calibration_samples": len(cal.arrays[next(iter(cal.arrays))][i::k]) * cal.batch}
+            row.update({key: m[key] for key in ("top1_agreement", "top1_int8", "sqnr_db", "cosine") if key in m})
+            runs.append(row)
+    metrics = [key for key in ("top1_agreement", "top1_int8", "sqnr_db", "cosine") if key in runs[0]]
+    spread = {}
+    for key in metrics:
+        v = np.array([r[key] for r in runs], np.float64)
+        spread[key] = {
+            "mean": round(float(v.mean()), 6),
+            "std": round(float(v.std(ddof=1)), 6),
+            "min": round(float(v.min()), 6),
+            "max": round(float(v.max()), 6),
+        }
+    doc = {"k": k, "calibration_batches": cal.num_batches, "evaluated_on": str(data), "runs": runs, "spread": spread}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "calib_subsets.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return doc

@@ -19,7 +19,7 @@ import numpy as np
 
 from qcompile.errors import InputError
 
-__all__ = ["SHIFTS", "Shift", "ShiftRun", "image_layout", "parse_shifts"]
+__all__ = ["SHIFTS", "Shift", "ShiftRun", "image_layout", "parse_shifts", "with_shifted_views"]
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,8 @@ SHIFTS: dict[str, Shift] = {
 }
 
 
-def parse_shifts(text: str) -> dict[str, tuple[float, ...]]:
-    """`default`, or `name:s1,s2;name:s3` (a name alone takes its default severities)."""
+def parse_shifts(text: str, flag: str = "--shifts") -> dict[str, tuple[float, ...]]:
+    """`default`, or `name:s1,s2;name:s3` (a name alone takes its default severities); errors name `flag`."""
     if text.strip() == "default":
         return {name: shift.defaults for name, shift in SHIFTS.items()}
     out: dict[str, tuple[float, ...]] = {}
@@ -107,20 +107,20 @@ def parse_shifts(text: str) -> dict[str, tuple[float, ...]]:
         name, _, values = part.partition(":")
         name = name.strip()
         if name not in SHIFTS:
-            raise InputError(f"--shifts: {name!r} is not a shift (one of {', '.join(SHIFTS)}, or 'default')")
+            raise InputError(f"{flag}: {name!r} is not a shift (one of {', '.join(SHIFTS)}, or 'default')")
         try:
             sev = tuple(float(v) for v in values.split(",") if v.strip()) if values.strip() else SHIFTS[name].defaults
         except ValueError:
-            raise InputError(f"--shifts: {part!r}: severities must be numbers, e.g. {name}:0.05,0.1") from None
+            raise InputError(f"{flag}: {part!r}: severities must be numbers, e.g. {name}:0.05,0.1") from None
         if name == "jpeg" and not all(1 <= s <= 95 for s in sev):
-            raise InputError(f"--shifts: {part!r}: a JPEG quality is in 1..95")
+            raise InputError(f"{flag}: {part!r}: a JPEG quality is in 1..95")
         if name == "crop" and not all(0 <= s < 1 for s in sev):
-            raise InputError(f"--shifts: {part!r}: a crop fraction is in [0, 1)")
+            raise InputError(f"{flag}: {part!r}: a crop fraction is in [0, 1)")
         if name == "blur" and not all(s >= 0 for s in sev):
-            raise InputError(f"--shifts: {part!r}: a blur sigma is >= 0")
+            raise InputError(f"{flag}: {part!r}: a blur sigma is >= 0")
         out[name] = sev
     if not out:
-        raise InputError("--shifts is empty: name shifts, e.g. 'noise:0.05,0.1;blur:1' or 'default'")
+        raise InputError(f"{flag} is empty: name shifts, e.g. 'noise:0.05,0.1;blur:1' or 'default'")
     return out
 
 
@@ -158,3 +158,28 @@ class ShiftRun:
         y = SHIFTS[name].apply(np.ascontiguousarray(x, np.float32), severity, self.span, rng)
         y = y if self.layout == "NCHW" else y.transpose(0, 2, 3, 1)
         return np.ascontiguousarray(y, samples.dtype)
+
+
+def with_shifted_views(data, spec: dict[str, tuple[float, ...]], seed: int = 0):
+    """`data` (a Dataset) followed by one shifted copy of it: sample i takes shift family i mod F of
+    `spec`, at one of that family's severities drawn at random, so calibration sees a mix of every
+    shift once per sample at twice the clean cost (--calib-shifts)."""
+    from qcompile.data import Dataset
+
+    name = next((n for n, a in data.arrays.items() if ShiftRun.of(a.reshape(-1, *a.shape[2:])) is not None), None)
+    if name is None:
+        raise InputError(
+            f"--calib-shifts: no calibration input is a float image tensor ({', '.join(data.arrays)}): no shift applies"
+        )
+    samples = data.samples(name)
+    run = ShiftRun.of(samples)
+    rng = np.random.default_rng(seed)
+    families = list(spec.items())
+    shifted = np.empty_like(samples)
+    for i in range(len(samples)):
+        family, severities = families[i % len(families)]
+        shifted[i : i + 1] = run.apply(samples[i : i + 1], family, float(rng.choice(severities)))
+    arrays = {n: np.concatenate([a, a]) for n, a in data.arrays.items()}
+    arrays[name] = np.concatenate([data.arrays[name], shifted.reshape(data.arrays[name].shape)])
+    labels = None if data.labels is None else np.concatenate([data.labels, data.labels])
+    return Dataset(arrays, labels, data.batch)
