@@ -439,7 +439,7 @@ def _analyze(args: argparse.Namespace) -> int:
             print(f"  {layer[-40:]:<40} " + " ".join(f"{t:>16}" for t in text))
     print(f"wrote {args.output}/report.json and report.html ({report['seconds']} s)")
     if args.calib_subsets is not None:
-        from qcompile.robustness import calib_subsets
+        from qcompile.robustness import calib_subsets, format_subsets
 
         doc = calib_subsets(
             args.model,
@@ -450,9 +450,7 @@ def _analyze(args: argparse.Namespace) -> int:
             config=config_from_args(args),
             max_samples=args.max_samples,
         )
-        print(f"calibration on {doc['k']} disjoint subsets of {doc['calibration_batches']} batches:")
-        for key, s in doc["spread"].items():
-            print(f"  {key:<16} mean {s['mean']:>9}  std {s['std']:>8}  min {s['min']:>9}  max {s['max']:>9}")
+        print(format_subsets(doc))
         print(f"wrote {args.output}/calib_subsets.json")
     return 0
 

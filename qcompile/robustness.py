@@ -54,13 +54,13 @@ def shift_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     if image is None:
         doc["not_applicable"] = (
-            "no input is a float image tensor (N x C x H x W or N x H x W x C): no shift applies to "
+            "no input is a float image (N x C x H x W or N x H x W x C) or waveform (N x T): no shift applies to "
             + ", ".join(s.name for s in artifact.inputs)
         )
         _write(out_dir, doc)
         return doc
     run = ShiftRun.of(data.samples(image))
-    doc.update(input=image, layout=run.layout, value_range=round(run.span, 6))
+    doc.update(input=image, kind=run.kind, layout=run.layout, value_range=round(run.span, 6))
     session = onnxruntime_session(model.proto.SerializeToString())
     runner = Runner(artifact)
     clipping = _Clipping(artifact, model)
@@ -79,6 +79,10 @@ def shift_report(
     clean, clean_ref = measure(data, "clean")
     doc["clean"] = clean
     for name, severities in shifts.items():
+        if SHIFTS[name].kind != run.kind:
+            why = f"an {SHIFTS[name].kind} shift, on {run.kind} input"
+            doc["shifts"][name] = {"unit": SHIFTS[name].unit, "not_applicable": why}
+            continue
         rows = []
         for sev in severities:
             shifted = run.apply(data.samples(image), name, sev).reshape(data.arrays[image].shape)
@@ -163,7 +167,7 @@ class _Clipping:
 
 def _write(out: Path, doc: dict) -> None:
     (out / "robustness.json").write_text(json.dumps(doc, indent=2) + "\n")
-    if doc.get("shifts"):
+    if any("rows" in s for s in doc.get("shifts", {}).values()):
         _plot(out / "robustness.png", doc)
     (out / "robustness.html").write_text(_html(doc))
 
@@ -181,7 +185,7 @@ def _plot(path: Path, doc: dict) -> None:
     import matplotlib.pyplot as plt
 
     key, label = _metric(doc)
-    shifts = doc["shifts"]
+    shifts = {name: s for name, s in doc["shifts"].items() if "rows" in s}
     fig, axes = plt.subplots(1, len(shifts), figsize=(3.2 * len(shifts), 3.2), squeeze=False)
     for ax, (name, s) in zip(axes[0], shifts.items()):
         xs = [r["severity"] for r in s["rows"]]
@@ -216,7 +220,11 @@ def _html(doc: dict) -> str:
         "<th>sites clipping</th><th>values clipped %</th><th>max excess (x range)</th></tr>"
     )
     for name, s in doc["shifts"].items():
-        for r in s["rows"]:
+        if "rows" not in s:
+            parts.append(
+                f"<tr><td>{html.escape(name)}</td><td colspan=7>not applicable: {s['not_applicable']}</td></tr>"
+            )
+        for r in s.get("rows", []):
             fp32 = r.get("fp32_top1_vs_clean", r["fp32_sqnr_vs_clean_db"])
             c = r["clipping"]
             parts.append(
@@ -240,7 +248,9 @@ def format_shifts(doc: dict) -> str:
         f"clipping sites {c['clipping']['sites_clipping']}/{c['clipping']['sites']}",
     ]
     for name, s in doc["shifts"].items():
-        for r in s["rows"]:
+        if "rows" not in s:
+            lines.append(f"  {name:<12} not applicable to this input ({s['not_applicable']})")
+        for r in s.get("rows", []):
             fp32 = f"fp32 vs clean {r['fp32_top1_vs_clean']}%" if "fp32_top1_vs_clean" in r else ""
             lines.append(
                 f"  {name:<12} {r['severity']:>8g} {r[key]:>8}  SQNR {r['sqnr_db']:>6} dB  "
@@ -303,3 +313,10 @@ def calib_subsets(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "calib_subsets.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc
+
+
+def format_subsets(doc: dict) -> str:
+    lines = [f"calibration on {doc['k']} disjoint subsets of {doc['calibration_batches']} batches:"]
+    for key, s in doc["spread"].items():
+        lines.append(f"  {key:<16} mean {s['mean']:>9}  std {s['std']:>8}  min {s['min']:>9}  max {s['max']:>9}")
+    return "\n".join(lines)

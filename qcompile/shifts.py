@@ -5,8 +5,9 @@ when the data moves away from what calibration saw.
 An .npz holds the model's input tensors, already preprocessed, so the shifts act on the tensor. Each
 severity is in units of the tensor's own value range R (its 0.5-99.5 percentile span over the data, i.e.
 the pixel range 0..255 after any normalisation), so `noise:0.05` means the same on a (x/255 - m)/s input
-as on a 0..1 one. A shift applies to float inputs of rank 4 (N, C, H, W with C in 1..4, or N, H, W, C);
-on any other input (token ids, audio frames, state tensors) it is declared not applicable.
+as on a 0..1 one. An image shift applies to float inputs of rank 4 (N, C, H, W with C in 1..4, or N, H, W, C), an
+audio shift (SNR, gain) to float waveforms (N x T or N x 1 x T); on any other input (token ids, state
+tensors) a shift is declared not applicable.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ __all__ = ["SHIFTS", "Shift", "ShiftRun", "image_layout", "parse_shifts", "with_
 
 @dataclass(frozen=True)
 class Shift:
-    """One family: `apply(x, severity, span, rng)` on an N x C x H x W float tensor of range `span`."""
+    """One family: `apply(x, severity, span, rng)` on an N x C x H x W image tensor (kind "image") or an
+    N x T waveform (kind "audio") of value range `span`."""
 
     name: str
     unit: str  # what a severity means
     defaults: tuple[float, ...]  # the three severities of `--shifts default`, mild to strong
     apply: Callable[[np.ndarray, float, float, np.random.Generator], np.ndarray]
+    kind: str = "image"
 
 
 def _noise(x, s, span, rng):
@@ -85,6 +88,17 @@ def _crop(x, s, span, rng):
     return out
 
 
+def _snr(x, s, span, rng):
+    """White noise at `s` dB below each waveform's own power."""
+    power = np.mean(x.astype(np.float64) ** 2, axis=1, keepdims=True)
+    sigma = np.sqrt(power / 10.0 ** (s / 10.0))
+    return (x + rng.standard_normal(x.shape) * sigma).astype(x.dtype)
+
+
+def _gain(x, s, span, rng):
+    return (x * 10.0 ** (s / 20.0)).astype(x.dtype)
+
+
 SHIFTS: dict[str, Shift] = {
     s.name: s
     for s in (
@@ -94,6 +108,10 @@ SHIFTS: dict[str, Shift] = {
         Shift("contrast", "contrast factor - 1 around each image's mean", (-0.3, 0.2, 0.4), _contrast),
         Shift("jpeg", "JPEG quality (Pillow), lower is stronger", (50.0, 30.0, 10.0), _jpeg),
         Shift("crop", "fraction of each side cropped away, then resized back", (0.1, 0.2, 0.3), _crop),
+        Shift(
+            "snr", "white noise at this SNR (dB) to each waveform, lower is stronger", (30.0, 20.0, 10.0), _snr, "audio"
+        ),
+        Shift("gain", "gain in dB", (-12.0, 6.0, 12.0), _gain, "audio"),
     )
 }
 
@@ -125,8 +143,13 @@ def parse_shifts(text: str, flag: str = "--shifts") -> dict[str, tuple[float, ..
 
 
 def image_layout(samples: np.ndarray) -> str | None:
-    """'NCHW' or 'NHWC' for a float image tensor (samples first), None when no shift applies to it."""
-    if samples.ndim != 4 or not np.issubdtype(samples.dtype, np.floating):
+    """'NCHW' or 'NHWC' for a float image tensor (samples first), 'NT' for a float waveform (N x T or
+    N x 1 x T, T >= 256 samples), None when no shift applies to it."""
+    if not np.issubdtype(samples.dtype, np.floating):
+        return None
+    if (samples.ndim == 2 or (samples.ndim == 3 and samples.shape[1] == 1)) and samples.shape[-1] >= 256:
+        return "NT"
+    if samples.ndim != 4:
         return None
     if samples.shape[1] <= 4 < min(samples.shape[2:]):
         return "NCHW"
@@ -143,6 +166,10 @@ class ShiftRun:
     span: float
     seed: int = 0
 
+    @property
+    def kind(self) -> str:
+        return "audio" if self.layout == "NT" else "image"
+
     @classmethod
     def of(cls, samples: np.ndarray) -> ShiftRun | None:
         layout = image_layout(samples)
@@ -154,6 +181,11 @@ class ShiftRun:
     def apply(self, samples: np.ndarray, name: str, severity: float) -> np.ndarray:
         """The shifted samples (same seed for every call: one shift's severities differ only in strength)."""
         rng = np.random.default_rng(self.seed)
+        if SHIFTS[name].kind != self.kind:
+            raise ValueError(f"shift {name!r} is for {SHIFTS[name].kind} inputs, not {self.kind}")
+        if self.layout == "NT":
+            y = SHIFTS[name].apply(samples.reshape(len(samples), -1).astype(np.float32), severity, self.span, rng)
+            return np.ascontiguousarray(y.reshape(samples.shape), samples.dtype)
         x = samples if self.layout == "NCHW" else samples.transpose(0, 3, 1, 2)
         y = SHIFTS[name].apply(np.ascontiguousarray(x, np.float32), severity, self.span, rng)
         y = y if self.layout == "NCHW" else y.transpose(0, 2, 3, 1)
@@ -174,7 +206,9 @@ def with_shifted_views(data, spec: dict[str, tuple[float, ...]], seed: int = 0):
     samples = data.samples(name)
     run = ShiftRun.of(samples)
     rng = np.random.default_rng(seed)
-    families = list(spec.items())
+    families = [(n, sev) for n, sev in spec.items() if SHIFTS[n].kind == run.kind]
+    if not families:
+        raise InputError(f"--calib-shifts: none of {', '.join(spec)} applies to {run.kind} input {name!r}")
     shifted = np.empty_like(samples)
     for i in range(len(samples)):
         family, severities = families[i % len(families)]

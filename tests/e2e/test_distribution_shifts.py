@@ -38,10 +38,23 @@ def test_each_shift_does_what_its_severity_says():
     np.testing.assert_allclose(ShiftRun.of(nhwc).apply(nhwc, "blur", 1.0), blurred, atol=1e-6)
 
 
-def test_a_shift_applies_only_to_float_image_tensors():
+def test_a_shift_applies_only_to_float_images_and_waveforms():
     assert image_layout(np.zeros((4, 64), np.int64)) is None  # token ids
-    assert image_layout(np.zeros((4, 1, 512), np.float32)) is None  # audio frames
+    assert image_layout(np.zeros((4, 2, 128), np.float32)) is None  # a recurrent state
+    assert image_layout(np.zeros((4, 1, 512), np.float32)) == "NT"  # 512-sample audio chunks
     assert image_layout(np.zeros((4, 1, 28, 28), np.float32)) == "NCHW"
+
+
+def test_audio_shifts_set_the_snr_and_gain_they_name():
+    x = np.random.default_rng(2).normal(0, 0.3, (8, 1, 512)).astype(np.float32)
+    run = ShiftRun.of(x)
+    assert run.kind == "audio"
+    noisy = run.apply(x, "snr", 10.0)
+    snr = 10 * np.log10(np.sum(x.astype(np.float64) ** 2) / np.sum((noisy - x).astype(np.float64) ** 2))
+    assert snr == pytest.approx(10.0, abs=0.3)
+    np.testing.assert_allclose(run.apply(x, "gain", 6.0), x * 10 ** (6 / 20), rtol=1e-5)
+    with pytest.raises(ValueError, match="is for image inputs"):
+        run.apply(x, "blur", 1.0)
 
 
 def test_spec_parsing():
@@ -75,13 +88,14 @@ def test_shifts_need_an_output_folder(fashion, fashion_int8, capsys):
 def test_fashion_agreement_falls_with_noise_and_the_report_says_why(fashion, fashion_int8, tmp_path, capsys):
     out = tmp_path / "rob"
     args = ["verify", str(fashion_int8), "--model", str(fashion["model"]), "--data", str(fashion["test"])]
-    assert main([*args, "--max-samples", "400", "--shifts", "noise:0.02,0.1;blur:1", "-o", str(out)]) == 0
+    assert main([*args, "--max-samples", "400", "--shifts", "noise:0.02,0.1;blur:1;snr:20", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "shifts on input" in printed and "fp32 vs clean" in printed
     doc = json.loads((out / "robustness.json").read_text())
     assert (out / "robustness.html").stat().st_size > 0 and (out / "robustness.png").stat().st_size > 0
     assert doc["samples"] == 400 and doc["layout"] == "NCHW" and "input tensor" in doc["applied_to"]
     clean, noise = doc["clean"], doc["shifts"]["noise"]["rows"]
+    assert doc["shifts"]["snr"]["not_applicable"] == "an audio shift, on image input" and "snr" in printed
     # measured (400 test images): clean 99.75% agreement / 41 dB; noise 0.02: 98.5% / 20 dB; noise 0.1: 62% / 4 dB
     assert clean["top1_agreement"] >= 99.0 and clean["sqnr_db"] > 35
     assert clean["top1_agreement"] > noise[0]["top1_agreement"] > noise[1]["top1_agreement"]
