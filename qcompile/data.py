@@ -99,11 +99,17 @@ class ImagePreprocess:
                 raise InputError(f"--preprocess {item!r}: bad value") from None
         return ImagePreprocess(**fields)
 
-    def apply(self, path: Path) -> np.ndarray:
+    def apply(self, path: Path, raw_shift=None) -> np.ndarray:
+        """The model's input for one photo. `raw_shift` (verify --shifts): a function on the decoded photo
+        (1 x 3 x H x W float, 0..255), applied before any of this preprocessing."""
         from PIL import Image
 
         with Image.open(path) as img:
             img = img.convert("RGB")
+            if raw_shift is not None:
+                raw = np.asarray(img, np.float32).transpose(2, 0, 1)[None]
+                shifted = np.clip(np.rint(raw_shift(raw)[0].transpose(1, 2, 0)), 0, 255).astype(np.uint8)
+                img = Image.fromarray(shifted)
             w, h = img.size
             k = self.resize / min(w, h)
             img = img.resize((max(self.crop, round(w * k)), max(self.crop, round(h * k))), Image.BILINEAR)
@@ -120,12 +126,15 @@ def load_data(
     what: str,
     preprocess: ImagePreprocess | None = None,
     fixed: Mapping[str, np.ndarray] | None = None,
+    raw_shift=None,
 ) -> Dataset:
     """Read and validate `path` against the model inputs; every mismatch is a one-line error. An array for
-    an input the build fixed (--fix-input) may be present when every sample holds the fixed value."""
+    an input the build fixed (--fix-input) may be present when every sample holds the fixed value.
+    `raw_shift`: applied to each photo of an image folder before preprocessing (ImagePreprocess.apply)."""
     path = Path(path)
     if path.is_dir():
-        arrays = {_single_input(inputs, what).name: _load_images(path, preprocess or ImagePreprocess(), what)}
+        images = _load_images(path, preprocess or ImagePreprocess(), what, raw_shift)
+        arrays = {_single_input(inputs, what).name: images}
         labels = pairs = None
     elif path.is_file():
         arrays, labels, pairs = _load_npz(path, what)
@@ -266,7 +275,7 @@ def _first(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def _load_images(folder: Path, prep: ImagePreprocess, what: str) -> np.ndarray:
+def _load_images(folder: Path, prep: ImagePreprocess, what: str, raw_shift=None) -> np.ndarray:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise CalibrationDataError(f"{what} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -275,7 +284,7 @@ def _load_images(folder: Path, prep: ImagePreprocess, what: str) -> np.ndarray:
     images = []
     for f in files:
         try:
-            images.append(prep.apply(f))
+            images.append(prep.apply(f, raw_shift))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:  # PIL: damaged, unknown, huge
             raise CalibrationDataError(f"{what} image {f} cannot be read ({_first(exc)})") from None
     return np.stack(images).astype(np.float32)

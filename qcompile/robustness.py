@@ -33,7 +33,7 @@ def shift_report(
 ) -> dict:
     from qcompile.data import Dataset, load_data
     from qcompile.runtime import Runner, open_artifact
-    from qcompile.verification import onnxruntime_session, reference_model
+    from qcompile.verification import artifact_preprocess, onnxruntime_session, reference_model
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -42,13 +42,22 @@ def shift_report(
     if "npu" in artifact.manifest:
         raise InputError("--shifts: not yet for npu artifacts (verify them without --shifts)")
     model = reference_model(artifact, model_path)
-    data = load_data(data_path, artifact.inputs, "evaluation", fixed=model.fixed_inputs)
-    if max_samples is not None:
-        data = data.take(max(1, max_samples // data.batch))
+    prep = artifact_preprocess(artifact)
+    folder = Path(data_path).is_dir()
+
+    def load(raw_shift=None) -> Dataset:
+        ds = load_data(data_path, artifact.inputs, "evaluation", prep, model.fixed_inputs, raw_shift)
+        return ds if max_samples is None else ds.take(max(1, max_samples // ds.batch))
+
+    data = load()
     image = next((s.name for s in artifact.inputs if ShiftRun.of(data.samples(s.name)) is not None), None)
     doc: dict = {
         "samples": data.num_batches * data.batch,
-        "applied_to": "the input tensor (.npz: already preprocessed); severities in units of its value range",
+        "applied_to": (
+            "each photo (image folder), before the model's preprocessing; severities in units of 0..255"
+            if folder
+            else "the input tensor (.npz: already preprocessed); severities in units of its value range"
+        ),
         "shifts": {},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,8 +94,12 @@ def shift_report(
             continue
         rows = []
         for sev in severities:
-            shifted = run.apply(data.samples(image), name, sev).reshape(data.arrays[image].shape)
-            ds = Dataset({**data.arrays, image: shifted}, data.labels, data.batch, data.pair_of)
+            if folder:  # the photo itself, before resize, crop and normalisation
+                rng = np.random.default_rng(run.seed)
+                ds = load(lambda raw, n=name, v=sev, g=rng: SHIFTS[n].apply(raw, v, 255.0, g))
+            else:
+                shifted = run.apply(data.samples(image), name, sev).reshape(data.arrays[image].shape)
+                ds = Dataset({**data.arrays, image: shifted}, data.labels, data.batch, data.pair_of)
             row, ref = measure(ds, f"{name} {sev:g}")
             row = {"severity": sev, **row, **_fp32_change(clean_ref, ref, clean)}
             rows.append(row)

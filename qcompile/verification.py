@@ -48,6 +48,14 @@ def _as_defined(path: str | Path) -> bytes:
     return proto.SerializeToString() if count and not dynamic else original
 
 
+def artifact_preprocess(artifact):
+    """How the build turned photos into its input (--preprocess): an image folder given to verify is read
+    the same way as the calibration folder was."""
+    from qcompile.data import ImagePreprocess
+
+    return ImagePreprocess.parse(artifact.manifest["quantization"]["config"].get("preprocess"))
+
+
 def reference_model(artifact, model_path: str | Path):
     """The float model as this artifact was built from it: the same file (sha256), specialised and folded
     into the same graph (prepared sha256), which verify runs as the reference."""
@@ -105,7 +113,7 @@ def verify(
         task_metric = TASKS.get(task)  # an unknown task fails before any work
     artifact = open_artifact(artifact_path)
     model = reference_model(artifact, model_path)
-    data = load_data(data_path, artifact.inputs, "evaluation", fixed=model.fixed_inputs)
+    data = load_data(data_path, artifact.inputs, "evaluation", artifact_preprocess(artifact), model.fixed_inputs)
     check_labels(data.labels, artifact.manifest["outputs"][0]["shape"], data_path)
     runner = Runner(artifact)
     npu = _npu_reference(artifact)

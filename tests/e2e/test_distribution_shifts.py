@@ -148,3 +148,32 @@ def test_calib_subsets_need_calibration_data(fashion, tmp_path, capsys):
     args = ["analyze", str(fashion["model"]), "--data", str(fashion["test"]), "-o", str(tmp_path / "a")]
     assert main([*args, "--qparams", "x.json", "--calib-subsets", "4"]) == 2
     assert "--calib-subsets K needs --calib DATA" in capsys.readouterr().err
+
+
+def test_an_image_folder_is_shifted_before_preprocessing(efficientnet, effnet_int8, tmp_path):
+    """The real photos as files: each shift acts on the decoded photo, then the build's preprocessing
+    (resize 256, crop 224, normalise) runs, as it would on the device's camera frames."""
+    from PIL import Image
+
+    from qcompile.data import ImagePreprocess, load_data
+    from qcompile.robustness import shift_report
+    from qcompile.runtime import open_artifact
+    from qcompile.zoo.photos import PHOTOS, load_photo
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, spec in enumerate(PHOTOS[:4]):
+        Image.fromarray(np.asarray(load_photo(spec))).save(folder / f"{i}.png")
+    spec = {"brightness": (0.3,), "snr": (10.0,)}
+    doc = shift_report(effnet_int8, efficientnet["model"], folder, spec, tmp_path / "rob", clip_samples=2)
+    assert doc["applied_to"].startswith("each photo (image folder), before the model's preprocessing")
+    assert doc["samples"] == 4 and doc["kind"] == "image"
+    row = doc["shifts"]["brightness"]["rows"][0]
+    assert row["fp32_sqnr_vs_clean_db"] < 30  # the float model saw different inputs
+    assert "not_applicable" in doc["shifts"]["snr"]
+    # the shift really came before the normalisation: +0.3 of 0..255 is +76.5 levels, i.e. +0.6 after /128
+    inputs = open_artifact(effnet_int8).inputs
+    clean = load_data(folder, inputs, "evaluation", ImagePreprocess()).samples("input")
+    bright = load_data(folder, inputs, "evaluation", ImagePreprocess(), raw_shift=lambda raw: raw + 76.5)
+    lifted = bright.samples("input") - clean
+    assert np.median(lifted[clean < 0.3]) == pytest.approx(76.5 / 128, abs=0.02)  # away from the 255 ceiling
