@@ -233,7 +233,7 @@ def artifact_label(manifest: dict, float_layers: int, weight_schemes: tuple[str,
     return label + (f" + {float_layers} float layers" if float_layers else "")
 
 
-def _model_kind(model: Path) -> str:
+def model_kind(model: Path) -> str:
     """How onnxruntime runs `model`: fp32, or int8 when the file is already quantized (Q/DQ pairs or
     QLinear/Integer ops): its row is then onnxruntime's int8 speed, not its float one."""
     import onnx
@@ -305,7 +305,7 @@ def bench(
             name += f" [{Path(path).name}]"
         specs[name] = ("artifact", Path(path))
     if model is not None:
-        specs[f"onnxruntime {_model_kind(Path(model))}"] = ("onnx", Path(model))
+        specs[f"onnxruntime {model_kind(Path(model))}"] = ("onnx", Path(model))
     if ort_int8 is not None:
         specs["onnxruntime int8 (QDQ)"] = ("onnx", Path(ort_int8))
     if ort_dynamic is not None:

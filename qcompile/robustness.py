@@ -31,6 +31,8 @@ def shift_report(
     max_samples: int | None = None,
     clip_samples: int = 64,
 ) -> dict:
+    """The shift report (robustness.json/.html/.png in `out_dir`). `clip_samples`: how many samples the
+    clipping counts run on (the float model with every site exposed); 0 leaves them out."""
     from qcompile.data import Dataset, load_data
     from qcompile.runtime import Runner, open_artifact
     from qcompile.verification import artifact_preprocess, onnxruntime_session, reference_model
@@ -72,7 +74,7 @@ def shift_report(
     doc.update(input=image, kind=run.kind, layout=run.layout, value_range=round(run.span, 6))
     session = onnxruntime_session(model.proto.SerializeToString())
     runner = Runner(artifact)
-    clipping = _Clipping(artifact, model)
+    clipping = _Clipping(artifact, model) if clip_samples > 0 else None  # 0: no clipping count (no float VM)
     names = list(artifact.output_names)
 
     def measure(ds: Dataset, label: str) -> tuple[dict, np.ndarray]:
@@ -82,7 +84,8 @@ def shift_report(
             test.append(runner(batch)[0])
         r, q = np.concatenate(ref), np.concatenate(test)
         row = _scores(r, q, ds.labels)
-        row["clipping"] = clipping(ds.take(max(1, clip_samples // ds.batch)))
+        if clipping is not None:
+            row["clipping"] = clipping(ds.take(max(1, clip_samples // ds.batch)))
         return row, r
 
     clean, clean_ref = measure(data, "clean")
@@ -215,6 +218,12 @@ def _plot(path: Path, doc: dict) -> None:
     plt.close(fig)
 
 
+def _clip(row: dict) -> dict:
+    """A row's clipping counts ('-' where the report was made without them: clip_samples=0)."""
+    keys = ("sites_clipping", "sites", "values_clipped_pct", "max_excess_of_range")
+    return row.get("clipping") or dict.fromkeys(keys, "-")
+
+
 def _html(doc: dict) -> str:
     key, label = _metric(doc)
     parts = [
@@ -227,7 +236,7 @@ def _html(doc: dict) -> str:
     clean = doc["clean"]
     parts.append(
         f"<p>clean: {label} {clean[key]}, SQNR {clean['sqnr_db']} dB, "
-        f"{clean['clipping']['sites_clipping']} of {clean['clipping']['sites']} sites clip</p>"
+        f"{_clip(clean)['sites_clipping']} of {_clip(clean)['sites']} sites clip</p>"
         '<img src="robustness.png" alt="agreement vs severity"><table border=1 cellpadding=3>'
         f"<tr><th>shift</th><th>severity</th><th>{label}</th><th>SQNR dB</th><th>fp32 vs clean</th>"
         "<th>sites clipping</th><th>values clipped %</th><th>max excess (x range)</th></tr>"
@@ -239,7 +248,7 @@ def _html(doc: dict) -> str:
             )
         for r in s.get("rows", []):
             fp32 = r.get("fp32_top1_vs_clean", r["fp32_sqnr_vs_clean_db"])
-            c = r["clipping"]
+            c = _clip(r)
             parts.append(
                 f"<tr><td>{html.escape(name)}</td><td>{r['severity']:g}</td><td>{r[key]}</td><td>{r['sqnr_db']}"
                 f"</td><td>{fp32}</td><td>{c['sites_clipping']}/{c['sites']}</td><td>{c['values_clipped_pct']}"
@@ -258,7 +267,7 @@ def format_shifts(doc: dict) -> str:
     lines = [
         f"shifts on {doc['input']} ({doc['applied_to']}), {doc['samples']} samples; {label}:",
         f"  {'clean':<12} {'':>8} {c[key]:>8}  SQNR {c['sqnr_db']:>6} dB  "
-        f"clipping sites {c['clipping']['sites_clipping']}/{c['clipping']['sites']}",
+        f"clipping sites {_clip(c)['sites_clipping']}/{_clip(c)['sites']}",
     ]
     for name, s in doc["shifts"].items():
         if "rows" not in s:
@@ -267,8 +276,8 @@ def format_shifts(doc: dict) -> str:
             fp32 = f"fp32 vs clean {r['fp32_top1_vs_clean']}%" if "fp32_top1_vs_clean" in r else ""
             lines.append(
                 f"  {name:<12} {r['severity']:>8g} {r[key]:>8}  SQNR {r['sqnr_db']:>6} dB  "
-                f"clipping sites {r['clipping']['sites_clipping']}/{r['clipping']['sites']} "
-                f"(max {r['clipping']['max_excess_of_range']}x range)  {fp32}"
+                f"clipping sites {_clip(r)['sites_clipping']}/{_clip(r)['sites']} "
+                f"(max {_clip(r)['max_excess_of_range']}x range)  {fp32}"
             )
     return "\n".join(lines)
 

@@ -114,8 +114,8 @@ def test_calibrating_on_shifted_views_keeps_agreement_under_that_shift(fashion, 
     args = ["build", str(fashion["model"]), "--calib", str(fashion["calib"]), "--calib-shifts", "noise:0.05"]
     assert main([*args, "-o", str(shifted)]) == 0
     spec = {"noise": (0.05,)}
-    plain = shift_report(fashion_int8, fashion["model"], fashion["test"], spec, tmp_path / "r1", max_samples=400)
-    mixed = shift_report(shifted, fashion["model"], fashion["test"], spec, tmp_path / "r2", max_samples=400)
+    plain = shift_report(fashion_int8, fashion["model"], fashion["test"], spec, tmp_path / "r1", max_samples=300)
+    mixed = shift_report(shifted, fashion["model"], fashion["test"], spec, tmp_path / "r2", max_samples=300)
     # measured on 2000 test images: 92.6% -> 99.5% under noise 0.05, clean 99.9% -> 99.85% (2000: 99.7%)
     assert mixed["shifts"]["noise"]["rows"][0]["top1_agreement"] > plain["shifts"]["noise"]["rows"][0]["top1_agreement"]
     assert mixed["shifts"]["noise"]["rows"][0]["top1_agreement"] >= 98.0
@@ -135,7 +135,7 @@ def test_calib_shifts_errors(fashion, tmp_path, capsys):
 def test_calibration_subsets_report_the_spread(fashion, tmp_path):
     from qcompile.robustness import calib_subsets
 
-    doc = calib_subsets(fashion["model"], fashion["calib"], fashion["test"], 2, tmp_path, max_samples=400)
+    doc = calib_subsets(fashion["model"], fashion["calib"], fashion["test"], 2, tmp_path, max_samples=200)
     assert [r["calibration_samples"] for r in doc["runs"]] == [64, 64]  # 128 calibration images, halved
     assert json.loads((tmp_path / "calib_subsets.json").read_text())["k"] == 2
     s = doc["spread"]["top1_agreement"]
@@ -165,12 +165,13 @@ def test_an_image_folder_is_shifted_before_preprocessing(efficientnet, effnet_in
     for i, spec in enumerate(PHOTOS[:4]):
         Image.fromarray(np.asarray(load_photo(spec))).save(folder / f"{i}.png")
     spec = {"brightness": (0.3,), "snr": (10.0,)}
-    doc = shift_report(effnet_int8, efficientnet["model"], folder, spec, tmp_path / "rob", clip_samples=2)
+    doc = shift_report(effnet_int8, efficientnet["model"], folder, spec, tmp_path / "rob", clip_samples=0)
     assert doc["applied_to"].startswith("each photo (image folder), before the model's preprocessing")
     assert doc["samples"] == 4 and doc["kind"] == "image"
     row = doc["shifts"]["brightness"]["rows"][0]
     assert row["fp32_sqnr_vs_clean_db"] < 30  # the float model saw different inputs
-    assert "not_applicable" in doc["shifts"]["snr"]
+    assert "not_applicable" in doc["shifts"]["snr"] and "clipping" not in row
+    assert "brightness" in (tmp_path / "rob" / "robustness.html").read_text()
     # the shift really came before the normalisation: +0.3 of 0..255 is +76.5 levels, i.e. +0.6 after /128
     inputs = open_artifact(effnet_int8).inputs
     clean = load_data(folder, inputs, "evaluation", ImagePreprocess()).samples("input")
