@@ -16,15 +16,22 @@ from qcompile.passes.realize import RealizeIntegerOps
 from qcompile.runtime import Artifact
 
 
-def per_layer_sqnr(artifact: Artifact, model: OnnxModel, data: Dataset, limit: int = 16) -> list[dict]:
-    from qcompile.pipeline import annotate_stage, calibration_of, canonicalize_stage
+def artifact_plan(artifact: Artifact, model: OnnxModel):
+    """The build's config, canonical model, plan and qparams, rederived from the artifact and its model."""
+    from qcompile.pipeline import annotate_stage, canonicalize_stage
     from qcompile.targets import TARGETS
 
     config = BuildConfig.from_json(artifact.manifest["quantization"]["config"])
     canon = canonicalize_stage(model)
     plan = annotate_stage(canon, config, TARGETS.get(config.target))
+    return config, canon, plan, load_qparams(artifact.file("qparams.json"), model.sha256, plan)
+
+
+def per_layer_sqnr(artifact: Artifact, model: OnnxModel, data: Dataset, limit: int = 16) -> list[dict]:
+    from qcompile.pipeline import calibration_of
+
+    config, canon, plan, qparams = artifact_plan(artifact, model)
     qparams_file = artifact.file("qparams.json")
-    qparams = load_qparams(qparams_file, model.sha256, plan)
     rounding = WeightRounding(config.weight_rounding, offsets=load_rounding(qparams_file) or {})
     names = tuple(op.output for op in plan.ops)
     n_out = len(model.outputs)

@@ -52,7 +52,8 @@ def shift_report(
         return ds if max_samples is None else ds.take(max(1, max_samples // ds.batch))
 
     data = load()
-    image = next((s.name for s in artifact.inputs if ShiftRun.of(data.samples(s.name)) is not None), None)
+    runs = {s.name: ShiftRun.of(data.samples(s.name)) for s in artifact.inputs}
+    image = next((name for name, r in runs.items() if r is not None), None)
     doc: dict = {
         "samples": data.num_batches * data.batch,
         "applied_to": (
@@ -70,7 +71,7 @@ def shift_report(
         )
         _write(out_dir, doc)
         return doc
-    run = ShiftRun.of(data.samples(image))
+    run = runs[image]
     doc.update(input=image, kind=run.kind, layout=run.layout, value_range=round(run.span, 6))
     session = onnxruntime_session(model.proto.SerializeToString())
     runner = Runner(artifact)
@@ -104,7 +105,7 @@ def shift_report(
                 shifted = run.apply(data.samples(image), name, sev).reshape(data.arrays[image].shape)
                 ds = Dataset({**data.arrays, image: shifted}, data.labels, data.batch, data.pair_of)
             row, ref = measure(ds, f"{name} {sev:g}")
-            row = {"severity": sev, **row, **_fp32_change(clean_ref, ref, clean)}
+            row = {"severity": sev, **row, **_fp32_change(clean_ref, ref)}
             rows.append(row)
         doc["shifts"][name] = {"unit": SHIFTS[name].unit, "rows": rows}
     _write(out_dir, doc)
@@ -112,17 +113,16 @@ def shift_report(
 
 
 def _scores(ref: np.ndarray, test: np.ndarray, labels) -> dict:
-    from qcompile.metrics import classification_metrics, output_metrics
+    """verify's scores of the first output (SQNR, cosine; agreement and accuracies for logits)."""
+    from qcompile.verification import _scores as verify_scores
 
-    row = {k: v for k, v in output_metrics(ref, test).items() if k in ("sqnr_db", "cosine")}
-    if ref.ndim == 2 and ref.shape[1] > 1:
-        row.update(classification_metrics(ref, test, labels[: len(ref)] if labels is not None else None))
-    return row
+    row = verify_scores(["out"], [[ref]], [[test]], labels[: len(ref)] if labels is not None else None)["out"]
+    return {k: v for k, v in row.items() if k not in ("mse", "max_abs_diff")}
 
 
-def _fp32_change(clean: np.ndarray, shifted: np.ndarray, clean_row: dict) -> dict:
+def _fp32_change(clean: np.ndarray, shifted: np.ndarray) -> dict:
     """How far the shift moves the float model itself: its top-1 agreement with its own clean
-    predictions and SQNR against its clean outputs (and its accuracy change, with labels)."""
+    predictions and SQNR against its clean outputs."""
     from qcompile.metrics import sqnr_db
 
     out = {"fp32_sqnr_vs_clean_db": round(sqnr_db(clean, shifted), 3)}
@@ -137,15 +137,9 @@ class _Clipping:
 
     def __init__(self, artifact, model) -> None:
         from qcompile.calibration.collect import compile_host, expose
-        from qcompile.calibration.store import load_qparams
-        from qcompile.config import BuildConfig
-        from qcompile.pipeline import annotate_stage, canonicalize_stage
-        from qcompile.targets import TARGETS
+        from qcompile.layerwise import artifact_plan
 
-        config = BuildConfig.from_json(artifact.manifest["quantization"]["config"])
-        canon = canonicalize_stage(model)
-        plan = annotate_stage(canon, config, TARGETS.get(config.target))
-        qparams = load_qparams(artifact.file("qparams.json"), model.sha256, plan)
+        _, canon, plan, qparams = artifact_plan(artifact, model)
         self.ranges = {
             site: (qp.scale * (qp.qmin - qp.zero_point), qp.scale * (qp.qmax - qp.zero_point))
             for site, qp in qparams.items()
