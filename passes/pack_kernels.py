@@ -3,7 +3,8 @@ own kernels (`qcompile.kernels.compute`), weights re-laid out once, in numpy, at
 
 Why: TVM's generic legalization of an integer conv reads weights in an order no int8 dot-product
 instruction can use, and knows nothing of the zero-point padding realize put in front of it. Here:
-- int8 weights go to the dot-4 layout (`[KH, KW, C/4, O, 4]`, `[K/4, N, 4]`); an input whose channel
+- int8 weights go to the dot-4 layout (`[KH, KW, C/4, O, 4]`, `[K/4, N, 4]`), or the target's `pairs`
+  layout, or `quad16` where their pair sums fit int16 (`pairs_fit_int16`); an input whose channel
   count is not a multiple of 4 (an RGB image) gets zero channels, with zero weights behind them;
 - a constant `pad` feeding only the conv (the zero point, for asymmetric activations) moves into the
   kernel, so the padded copy is made per call inside the fused kernel instead of by a kernel of its own;
@@ -66,8 +67,18 @@ def pairs_conv_weight(hwio: np.ndarray, lanes: int) -> np.ndarray:
     return np.ascontiguousarray(split.transpose(0, 1, 2, 3, 5, 4, 6))
 
 
+def pairs_fit_int16(quad: np.ndarray) -> bool:
+    """Whether every u8 x s8 pair sum of dot-4 weights (`[..., 4]`: bytes 0+1 and 2+3, the pairs
+    vpmaddubsw adds) stays in int16 for any activations in 0..255: the same-sign weights of a pair sum
+    to at most 128 in magnitude (255 * 128 = 32640). Then the saturating instruction is exact (`quad16`)."""
+    w = quad.astype(np.int32).reshape(-1, 2, 2)
+    high = np.maximum(w, 0).sum(axis=2).max(initial=0)
+    low = np.minimum(w, 0).sum(axis=2).min(initial=0)
+    return bool(255 * high <= 32767 and 255 * low >= -32768)
+
+
 def dot4_dense_weight(kn: np.ndarray, form: str = "quad", lanes: int = 0) -> np.ndarray:
-    """[K, N] -> the dense kernel's layout: [K/4, N, 4] (`quad`) or [K/4, N/L, 2, L, 2] (`pairs`)."""
+    """[K, N] -> the dense kernel's layout: [K/4, N, 4] (`quad`, `quad16`) or [K/4, N/L, 2, L, 2] (`pairs`)."""
     if form == "pairs":
         return pairs_conv_weight(kn[None, None], lanes)[0, 0]
     return dot4_conv_weight(kn[None, None])[0, 0]
@@ -81,10 +92,12 @@ class _Packer:
         dot_form: str,
         lanes: tuple[int, ...],
         pack_bits: int = 0,
+        int16_lanes: tuple[int, ...] = (),
     ) -> None:
         self.pack_bits = pack_bits
         self.dot_form = dot_form
         self.lanes = lanes
+        self.int16_lanes = int16_lanes
         self.pads = {b.var: b.value for b in bindings if op_name(b.value) == "relax.nn.pad"}
         self.widened = {b.var: b.value.args[0] for b in bindings if _widened_constant(b.value)}
         self.uses = uses
@@ -136,9 +149,14 @@ class _Packer:
         bb.update_func(gvar, bb.get()[gvar].with_attr("op_pattern", OPAQUE))
         return bb.emit(call)
 
-    def form_for(self, out_channels: int) -> tuple[str, int]:
-        """The dot form and lane width for a layer: `pairs` needs a lane width dividing the output
-        channels; without one the layer keeps the `quad` layout (and LLVM's plain code)."""
+    def form_for(self, out_channels: int, quad: np.ndarray, in_dtype: str) -> tuple[str, int]:
+        """The dot form and lane width for a layer with dot-4 weights `quad`: `quad16` where the target
+        has it for these channels and the weights' pair sums fit int16 (u8 activations); `pairs` needs
+        a lane width dividing the output channels; without one the layer keeps the `quad` layout (and
+        LLVM's plain code)."""
+        if in_dtype == "uint8" and any(out_channels % lanes == 0 for lanes in self.int16_lanes):
+            if pairs_fit_int16(quad):
+                return "quad16", 0
         if self.dot_form == "pairs":
             for lanes in self.lanes:
                 if out_channels % lanes == 0:
@@ -194,8 +212,9 @@ class _Packer:
             if channels % compute.DOT_K:
                 extra = compute.DOT_K - channels % compute.DOT_K
                 x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 0, 0, 0, extra], pad_value=0.0))
-            form, lanes = self.form_for(w.shape[3])
-            kernel = self.weights(bb, pairs_conv_weight(w, lanes) if form == "pairs" else dot4_conv_weight(w))
+            quad = dot4_conv_weight(w)
+            form, lanes = self.form_for(w.shape[3], quad, in_dtype)
+            kernel = self.weights(bb, pairs_conv_weight(w, lanes) if form == "pairs" else quad)
             kwargs["dot_form"] = form
         else:
             kernel = weight
@@ -220,7 +239,7 @@ class _Packer:
         if integer:
             if k % compute.DOT_K:
                 x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, compute.DOT_K - k % compute.DOT_K], pad_value=0.0))
-            form, lanes = self.form_for(n)
+            form, lanes = self.form_for(n, dot4_dense_weight(w), in_dtype)
             kernel = self.weights(bb, dot4_dense_weight(w, form, lanes))
         else:
             form, kernel = "quad", weight
@@ -233,17 +252,23 @@ class _Packer:
 @tvm.transform.module_pass(opt_level=0, name="qcompile.PackKernels")
 class PackKernels:
     """Channels-last conv2d / depthwise / matmul with constant weights -> qcompile kernels. `dot_form`
-    is the target's int8 dot-product form ("quad" or "pairs", `qcompile.kernels.intrinsics`),
-    `lanes` the widths of its instructions, widest first, and `pack_bits` the widest index (bits) at
-    which int8 weights are stored bit-packed (0: never)."""
+    is the target's exact int8 dot-product form ("quad" or "pairs", `qcompile.kernels.intrinsics`),
+    `lanes` the widths of its instructions, widest first, `pack_bits` the widest index (bits) at
+    which int8 weights are stored bit-packed (0: never), and `int16_lanes` the widths of the target's
+    `quad16` instructions, taken by every layer whose weights fit them."""
 
-    def __init__(self, dot_form: str = "quad", lanes: tuple[int, ...] = (), pack_bits: int = 0) -> None:
+    def __init__(
+        self, dot_form: str = "quad", lanes: tuple[int, ...] = (), pack_bits: int = 0, int16_lanes: tuple[int, ...] = ()
+    ) -> None:
         self.dot_form = dot_form
         self.lanes = lanes
         self.pack_bits = pack_bits
+        self.int16_lanes = int16_lanes
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         func = mod["main"]
         bindings = main_bindings(func)
-        packer = _Packer(bindings, var_uses(bindings, func), self.dot_form, self.lanes, self.pack_bits)
+        packer = _Packer(
+            bindings, var_uses(bindings, func), self.dot_form, self.lanes, self.pack_bits, self.int16_lanes
+        )
         return relax.transform.DeadCodeElimination()(replay(mod, packer.step))

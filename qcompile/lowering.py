@@ -49,8 +49,10 @@ def lower(
         from qcompile.passes.pack_kernels import PackKernels
 
         dots = [lookup(name) for name in kernels.dot_u8s8]
-        form = dots[0].form if dots else "quad"
-        mod = PackKernels(form, tuple(d.lanes for d in dots), pack_bits)(ChannelsLast()(mod))
+        exact = [d for d in dots if d.form != "quad16"]
+        int16_lanes = tuple(d.lanes for d in dots if d.form == "quad16")
+        form = exact[0].form if exact else "quad"
+        mod = PackKernels(form, tuple(d.lanes for d in exact), pack_bits, int16_lanes)(ChannelsLast()(mod))
     with target:
         return tvm.transform.Sequential(
             [

@@ -22,8 +22,10 @@ KERNELS_FILE = "kernels.json"
 
 def kernel_table(lowered: tvm.IRModule, tuned: set[str]) -> list[dict]:
     """Each PrimFunc `main` calls through call_tir: calls, the shapes of its arguments (inputs then
-    outputs; None when symbolic), and its schedule (tuned / default / plain: no template fit)."""
-    from qcompile.kernels.templates import SCHEDULED
+    outputs; None when symbolic), its schedule (tuned / default / plain: no template fit) and, for an
+    integer conv / dense, its dot-product form (`dot`: pairs, quad or quad16, qcompile.kernels.intrinsics)."""
+    from qcompile.kernels.compute import DOT_FORM
+    from qcompile.kernels.templates import SCHEDULED, anchor_annotations
 
     sites: dict[str, dict] = {}
 
@@ -53,6 +55,9 @@ def kernel_table(lowered: tvm.IRModule, tuned: set[str]) -> list[dict]:
         func = lowered[name]
         scheduled = func.attrs is not None and SCHEDULED in func.attrs
         site["schedule"] = "tuned" if name in tuned else ("default" if scheduled else "plain")
+        form = (anchor_annotations(func) or {}).get(DOT_FORM, "float")
+        if form != "float":
+            site["dot"] = form
     return sorted(sites.values(), key=lambda s: s["kernel"])
 
 
@@ -157,12 +162,12 @@ def format_profile(result: dict, top: int = 25) -> str:
         f"model {result['model_ms']:.3f} ms; its kernels timed one by one add up to {result['kernels_ms']:.3f} ms "
         f"({len(result['kernels'])} kernels); the rest ({result['outside_kernels_ms']:+.3f} ms) is outside them: the "
         "VM's own work (allocations, calls) and what a kernel loses in the model's sequence (colder caches)",
-        f"  {'total ms':>9} {'share':>6} {'calls':>5} {'per call':>9}  {'schedule':<8} kernel",
+        f"  {'total ms':>9} {'share':>6} {'calls':>5} {'per call':>9}  {'schedule':<8} {'dot':<6} kernel",
     ]
     for r in result["kernels"][:top]:
         lines.append(
             f"  {r['total_ms']:>9.3f} {100 * r['share']:>5.1f}% {r['calls']:>5d} {r['per_call_ms']:>9.4f}  "
-            f"{r['schedule']:<8} {r['kernel'][:90]}"
+            f"{r['schedule']:<8} {r.get('dot', ''):<6} {r['kernel'][:90]}"
         )
     if len(result["kernels"]) > top:
         rest = result["kernels"][top:]

@@ -34,13 +34,16 @@ def _preset(name: str, mcpu: str, flags: tuple[str, ...], kernels: CpuKernelSpec
 
 _AVX2 = "qcompile.x86.avx2.dot_u8s8_8x4"  # exact 16-bit multiply-adds (qcompile.kernels.intrinsics)
 _AVX512 = "qcompile.x86.avx512.dot_u8s8_16x4"
+# vpmaddubsw for the layers whose weights' pair sums fit int16 (7-bit weights): the `quad16` form
+_AVX2_16 = "qcompile.x86.avx2.dot16_u8s8_8x4"
+_AVX512_16 = "qcompile.x86.avx512.dot16_u8s8_16x4"
 _VNNI = ("qcompile.x86.vnni.dot_u8s8_16x4", "qcompile.x86.vnni.dot_u8s8_8x4")
 
 X86 = _preset(
     "x86",
     "x86-64-v3",
     ("avx2", "fma"),
-    CpuKernelSpec(vector_bits=256, registers=16, dot_u8s8=(_AVX2,)),
+    CpuKernelSpec(vector_bits=256, registers=16, dot_u8s8=(_AVX2, _AVX2_16)),
     "x86-64 Linux with AVX2 + FMA (x86-64-v3), the default",
 )
 X86_BASELINE = _preset("x86-64", "x86-64", (), CpuKernelSpec(128, 16), "any x86-64 Linux CPU (SSE2 only; slower)")
@@ -48,7 +51,7 @@ X86_AVX512 = _preset(
     "x86-avx512",
     "skylake-avx512",
     ("avx512f", "avx512bw", "avx512vl"),
-    CpuKernelSpec(vector_bits=512, registers=32, dot_u8s8=(_AVX512, _AVX2)),
+    CpuKernelSpec(vector_bits=512, registers=32, dot_u8s8=(_AVX512, _AVX2, _AVX512_16, _AVX2_16)),
     "x86-64 Linux with AVX-512 (Skylake-SP+)",
 )
 X86_VNNI = _preset(

@@ -4,11 +4,11 @@ Each anchor block carries the annotation `KERNEL` naming its schedule template
 (`qcompile.kernels.templates`), so a fused PrimFunc (kernel + requantize epilogue) can be recognised
 after Relax fusion, scheduled by default, and tuned by MetaSchedule with the same template.
 
-Integer dot products come in the two forms of `qcompile.kernels.intrinsics`, both summing 4 products
-per accumulator and step. `quad` reads the 4 weights of a channel as adjacent bytes; `pairs` (two
-2-product multiply-adds) reads them as two vectors of L channels x 2, so its weights are laid out
-`[KH, KW, C/4, O/L, 2, L, 2]` (weight of input channel 4c + 2j + k, output channel L*b + l) and its
-anchor block carries the lane width L (`DOT_LANES`).
+Integer dot products come in the forms of `qcompile.kernels.intrinsics`, each summing 4 products per
+accumulator and step. `quad` (and `quad16`, the same math for weights whose pair sums fit int16) reads
+the 4 weights of a channel as adjacent bytes; `pairs` (two 2-product multiply-adds) reads them as two
+vectors of L channels x 2, so its weights are laid out `[KH, KW, C/4, O/L, 2, L, 2]` (weight of input
+channel 4c + 2j + k, output channel L*b + l) and its anchor block carries the lane width L (`DOT_LANES`).
 
 Integer weights are stored in the *dot-4* layout `[KH, KW, C/4, O, 4]` (`[K/4, N, 4]` for dense): for a
 fixed reduction step, the 4 consecutive input channels of every output channel are adjacent bytes, which
@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from tvm import te, tirx
 
 KERNEL = "qcompile.kernel"  # block annotation: which template schedules this block
-DOT_FORM = "qcompile.dot"  # block annotation: "quad" | "pairs" | "float" (qcompile.kernels.intrinsics)
+DOT_FORM = "qcompile.dot"  # block annotation: "quad" | "quad16" | "pairs" | "float" (qcompile.kernels.intrinsics)
+QUAD_FORMS = ("quad", "quad16")  # the dot-4 weight layout; quad16: its u8 x s8 pair sums fit int16
 DOT_LANES = "qcompile.dot_lanes"  # block annotation of the `pairs` form: the weights' lane width
 DOT_K = 4  # reduction elements per int8 dot-product lane
 
@@ -82,7 +83,7 @@ def conv2d_nhwc(
             attrs={KERNEL: "conv2d_nhwc", DOT_FORM: "float"},
         )
     rc = te.reduce_axis((0, c // DOT_K), name="rc")
-    if dot_form == "quad":
+    if dot_form in QUAD_FORMS:
         out_channels = int(weight.shape[3])
         rk = te.reduce_axis((0, DOT_K), name="rk")
         return te.compute(
@@ -92,7 +93,7 @@ def conv2d_nhwc(
                 axis=[rh, rw, rc, rk],
             ),
             name="conv",
-            attrs={KERNEL: "conv2d_nhwc", DOT_FORM: "quad"},
+            attrs={KERNEL: "conv2d_nhwc", DOT_FORM: dot_form},
         )
     lanes = int(weight.shape[5])
     rj = te.reduce_axis((0, 2), name="rj")
@@ -151,7 +152,7 @@ def dense(data: te.Tensor, weight: te.Tensor, out_dtype: str, dot_form: str = "q
             name="dense",
             attrs={KERNEL: "dense", DOT_FORM: "float"},
         )
-    if dot_form == "quad":
+    if dot_form in QUAD_FORMS:
         rk = te.reduce_axis((0, DOT_K), name="rk")
         return te.compute(
             (m, int(weight.shape[1])),
@@ -159,7 +160,7 @@ def dense(data: te.Tensor, weight: te.Tensor, out_dtype: str, dot_form: str = "q
                 data[i, rc * DOT_K + rk].astype(out_dtype) * weight[rc, j, rk].astype(out_dtype), axis=[rc, rk]
             ),
             name="dense",
-            attrs={KERNEL: "dense", DOT_FORM: "quad"},
+            attrs={KERNEL: "dense", DOT_FORM: dot_form},
         )
     lanes = int(weight.shape[3])
     rj = te.reduce_axis((0, 2), name="rj")

@@ -1,19 +1,24 @@
 """Tensor intrinsics for u8 activations x s8 weights -> s32, exact on every instruction set.
 
-Two forms, named after how they read the weights (`qcompile.kernels.compute` builds the matching
-math); both add 4 products per accumulator lane and step:
+Three forms, named after how they read the weights (`qcompile.kernels.compute` builds the matching
+math); all add 4 products per accumulator lane and step:
 
 - `quad`: the 4 weights of a lane are adjacent bytes. x86 VNNI `vpdpbusd` (and Arm `sdot`/`usdot`)
   does the step in one instruction.
+- `quad16`: the `quad` layout, for weights whose u8 x s8 pair sums cannot leave int16 (checked on the
+  constant at build time, `qcompile.passes.pack_kernels.pairs_fit_int16`; every layer of a build with
+  7-bit weights, |w| <= 63, since 255 * 63 * 2 < 32767). x86 without VNNI then does the step with
+  `vpmaddubsw` (saturating, but nothing saturates), `vpmaddwd` by ones and `vpaddd`: exact, and the
+  fastest form AVX2 has (~2.0x fp32 FMA against `pairs`' ~1.7x, `benchmarks/bench_peak.py`).
 - `pairs`: the weights are two vectors of (lane, 2) bytes, for x86 without VNNI: two `vpmaddwd` on
   operands widened to 16 bits, summed into one accumulator; each pair of activations is zero-extended
   by one byte shuffle of their broadcast 4 bytes. The one-instruction alternative there,
   `vpmaddubsw`, adds its two u8 x s8 products into a *saturating* int16 and is wrong whenever a pair
   of same-sign weights sums past 128 in magnitude, which measured on 2% of EfficientNet-Lite0's
-  weight pairs in every one of its conv layers (onnxruntime accepts that error; qcompile does not).
-  Projecting the weights to avoid it cost the stem conv 20 dB of SQNR, so the exact form it is. Its
-  ceiling on an AVX2 core is ~1.7x fp32 FMA (saturating: ~2.0x), measured by
-  `benchmarks/bench_peak.py`.
+  int8 weight pairs in every one of its conv layers (onnxruntime accepts that error; qcompile does
+  not). Projecting int8 weights to avoid it cost the stem conv 20 dB of SQNR, so int8 layers keep the
+  exact form; 7-bit weights (`--weights int7`) take `quad16`. Its ceiling on an AVX2 core is ~1.7x
+  fp32 FMA (saturating: ~2.0x), measured by `benchmarks/bench_peak.py`.
 
 TVM 0.27's own x86 intrinsics (`tvm.s_tir.tensor_intrin.x86`) name temporaries, which TVM backs with
 heap workspace inside parallel loops, and have no AVX2 version. The accumulator tile is a small
@@ -33,16 +38,34 @@ from tvm.script import tirx as T
 class DotIntrinsic:
     name: str
     lanes: int  # output channels per instruction
-    form: str  # "quad" or "pairs" (module docstring)
+    form: str  # "quad", "quad16" or "pairs" (module docstring)
     llvm: str  # the LLVM intrinsic doing the multiply-adds
     byte_operands: bool = False  # quad: the LLVM intrinsic takes its operands as byte vectors, not int32
     signed_only: bool = False  # quad: the instruction multiplies s8 x s8 (aarch64 sdot); see _quad
+    widen: str = ""  # quad16: the LLVM intrinsic summing int16 pairs into int32 (vpmaddwd by ones)
 
 
 INTRINSICS = {
     d.name: d
     for d in (
         DotIntrinsic("qcompile.x86.avx2.dot_u8s8_8x4", 8, "pairs", "llvm.x86.avx2.pmadd.wd"),
+        # int16-safe weights only (quad16): vpmaddubsw u8 x s8 -> s16 pairs, then vpmaddwd by ones
+        DotIntrinsic(
+            "qcompile.x86.avx2.dot16_u8s8_8x4",
+            8,
+            "quad16",
+            "llvm.x86.avx2.pmadd.ub.sw",
+            True,
+            widen="llvm.x86.avx2.pmadd.wd",
+        ),
+        DotIntrinsic(
+            "qcompile.x86.avx512.dot16_u8s8_16x4",
+            16,
+            "quad16",
+            "llvm.x86.avx512.pmaddubs.w.512",
+            True,
+            widen="llvm.x86.avx512.pmaddw.d.512",
+        ),
         DotIntrinsic("qcompile.x86.avx512.dot_u8s8_16x4", 16, "pairs", "llvm.x86.avx512.pmaddw.d.512"),
         # LLVM 21+ types vpdpbusd's operands as byte vectors (v64i8 / v32i8), as aarch64 usdot.
         DotIntrinsic("qcompile.x86.vnni.dot_u8s8_16x4", 16, "quad", "llvm.x86.avx512.vpdpbusd.512", True),
@@ -91,6 +114,17 @@ def _quad(d: DotIntrinsic):
         return weights if d.byte_operands else T.reinterpret(weights, dtype=f"int32x{lanes}")
 
     def accumulated(c, a, b):
+        if d.widen:  # quad16: int16 pair sums (exact: the weights fit), summed in pairs into int32
+            pairs = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(d.llvm), a_operand(a), b_operand(b), dtype=f"int16x{lanes * 2}"
+            )
+            quads = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(d.widen),
+                pairs,
+                T.broadcast(T.int16(1), lanes * 2),
+                dtype=f"int32x{lanes}",
+            )
+            return c.vload([0], dtype=f"int32x{lanes}") + quads
         dot = T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id(d.llvm),
             c.vload([0], dtype=f"int32x{lanes}"),
@@ -195,7 +229,7 @@ def ensure_registered(name: str) -> DotIntrinsic:
     """Register the intrinsic `name` with TVM (once per process)."""
     d = INTRINSICS[name]
     if name not in _registered:
-        desc, impl = _quad(d) if d.form == "quad" else _pairs(d)
+        desc, impl = _pairs(d) if d.form == "pairs" else _quad(d)
         TensorIntrin.register(name, desc, impl, override=True)
         _registered.add(name)
     return d

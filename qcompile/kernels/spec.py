@@ -10,7 +10,9 @@ from dataclasses import dataclass
 class CpuKernelSpec:
     vector_bits: int = 128  # SIMD register width
     registers: int = 16  # architectural vector registers
-    dot_u8s8: tuple[str, ...] = ()  # u8 x s8 -> s32 dot-product tensor intrinsics, widest first
+    # u8 x s8 -> s32 dot-product tensor intrinsics, widest first: the exact forms, then any `quad16` ones
+    # (exact only for weights whose pair sums fit int16: qcompile.kernels.intrinsics)
+    dot_u8s8: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.vector_bits not in (128, 256, 512) or self.registers < 8:

@@ -125,7 +125,9 @@ def _attach_epilogue(sch: s_tir.Schedule, writeback, loop, lanes: int) -> None:
 def _schedule_elementwise(sch: s_tir.Schedule, block, lanes: int) -> None:
     """Rows in parallel, the innermost axis vectorized (or unrolled when short), no flattening: a
     flattened index costs a division per element, and the layout copies of a model's input have a
-    short innermost axis (3 or 4 channels)."""
+    short innermost axis (3 or 4 channels). The one exception: a power-of-two innermost axis shorter
+    than a vector is fused with the axis before it when together they fill whole vectors (the split is a
+    shift): unpacking dot-4 weights `[..., O, 4]` unrolled by 4 became 4x the code of the vector loop."""
     loops = sch.get_loops(block)
     if not loops:
         return
@@ -134,6 +136,11 @@ def _schedule_elementwise(sch: s_tir.Schedule, block, lanes: int) -> None:
         work *= _extent(sch, lp)
     inner = loops[-1]
     extent = _extent(sch, inner)
+    if extent < lanes and extent & (extent - 1) == 0 and len(loops) >= 2:
+        if (_extent(sch, loops[-2]) * extent) % lanes == 0:  # [..., O, 4] weights: one vector of both
+            inner = sch.fuse(loops[-2], inner)  # a power of two: the index split is a shift, not a division
+            loops = [*loops[:-2], inner]
+            extent = _extent(sch, inner)
     if extent % lanes == 0:
         _, vec = sch.split(inner, [None, lanes])
         sch.vectorize(vec)
@@ -163,6 +170,8 @@ def _register_model(spec: CpuKernelSpec, form: str, kernel) -> RegisterModel:
         return RegisterModel(spec.registers, per_vector=2, per_pixel=2)
     if form == "quad":  # weights feed vpdpbusd straight from memory
         return RegisterModel(spec.registers, per_vector=0)
+    if form == "quad16":  # weights from memory into vpmaddubsw; a ones vector and an int16 temporary
+        return RegisterModel(spec.registers, per_vector=0, scratch=3)
     if str(kernel) == "depthwise_nhwc":  # per-pixel inputs and per-vector weights, both widened
         return RegisterModel(spec.registers, per_vector=1, per_pixel=2, scratch=3)
     return RegisterModel(spec.registers)
@@ -216,7 +225,7 @@ def schedule_tile(
     if channels_outer:
         outer = [outer[-1], *outer[:-1]]
     n_reduce = len(kinds) - n_spatial
-    n_dot = {"quad": 1, "pairs": 2}.get(form, 0) if intrin else 0  # reduction loops inside the intrinsic
+    n_dot = {"quad": 1, "quad16": 1, "pairs": 2}.get(form, 0) if intrin else 0  # reduction loops inside the intrinsic
     if driver is block:  # no epilogue: tile the anchor itself, write the accumulators back per tile
         reduce = list(sch.get_loops(block)[-n_reduce:])
         dot_k = reduce[n_reduce - n_dot :]
@@ -368,16 +377,23 @@ def _vector_partials(sch: s_tir.Schedule, block):
     return sch.rfactor(inner, factor_axis=len(loops) - 1), lanes
 
 
-def is_tunable(func: tirx.PrimFunc) -> bool:
-    """Kernels worth tuning: those with an anchored conv / dense / depthwise block."""
+def anchor_annotations(func: tirx.PrimFunc) -> dict | None:
+    """The annotations of the kernel's anchor block (the one naming its template, `KERNEL`), or None.
+    They survive scheduling, tuned or default."""
     sch = s_tir.Schedule(func)
     pending = _root_blocks(sch)
     while pending:
         block = pending.pop()
-        if KERNEL in sch.get(block).annotations:
-            return True
+        annotations = sch.get(block).annotations
+        if KERNEL in annotations:
+            return {str(k): str(v) for k, v in annotations.items()}
         pending.extend(sch.get_child_blocks(block))
-    return False
+    return None
+
+
+def is_tunable(func: tirx.PrimFunc) -> bool:
+    """Kernels worth tuning: those with an anchored conv / dense / depthwise block."""
+    return anchor_annotations(func) is not None
 
 
 def apply_default_schedules(mod: tvm.IRModule, spec: CpuKernelSpec) -> tvm.IRModule:

@@ -1,8 +1,10 @@
 """qcompile's own CPU kernels, one at a time: each int8 compute, scheduled by its default template for an
-x86 target and compiled, must equal a numpy integer reference bit for bit: the `pairs` form on the AVX2
-preset, and the `quad` form (vpdpbusd) on the VNNI preset where this CPU has VNNI. The end-to-end tests
-cover the kernels only as the real models use them (always with a requantize epilogue); these also reach
-the shapes and template paths the models do not (no epilogue, stride 2 without padding, dense)."""
+x86 target and compiled, must equal a numpy integer reference bit for bit: the `pairs` form and the
+`quad16` form (vpmaddubsw, for weights whose pair sums fit int16: 7-bit weights, and the extreme pairs
+that just fit) on the AVX2 preset, and the `quad` form (vpdpbusd) on the VNNI preset where this CPU has
+VNNI. The end-to-end tests cover the kernels only as the real models use them (always with a requantize
+epilogue); these also reach the shapes and template paths the models do not (no epilogue, stride 2
+without padding, dense)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import tvm
 from tvm import te
 
 from qcompile.kernels import compute, templates
-from qcompile.passes.pack_kernels import dot4_conv_weight, dot4_dense_weight, pairs_conv_weight
+from qcompile.passes.pack_kernels import dot4_conv_weight, dot4_dense_weight, pairs_conv_weight, pairs_fit_int16
 from qcompile.runtime import host_cpu_flags
 from qcompile.targets import TARGETS
 
@@ -21,26 +23,34 @@ LANES = 8  # the AVX2 pairs intrinsic's output channels per instruction
 PAD_VALUE = 3  # an activation zero point: padding must read it, not 0
 
 
-def _preset(name: str):
+def _preset(name: str, form: str):
     spec = TARGETS.get(name)
     missing = set(spec.cpu_flags) - host_cpu_flags()
     mark = pytest.mark.skipif(bool(host_cpu_flags()) and bool(missing), reason=f"{name} needs {sorted(missing)}")
-    return pytest.param(name, marks=mark, id=name)
+    return pytest.param((name, form), marks=mark, id=f"{name}-{form}")
 
 
 # (preset, dot form): the AVX2 default runs everywhere CI runs; VNNI where the CPU has it
-FORMS = [_preset("x86"), _preset("x86-vnni")]
+FORMS = [_preset("x86", "pairs"), _preset("x86", "quad16"), _preset("x86-vnni", "quad")]
 pytestmark = pytest.mark.skipif(
     bool(host_cpu_flags()) and not set(X86.cpu_flags) <= host_cpu_flags(), reason="the x86 preset needs AVX2 + FMA"
 )
 
 
-def _form(preset: str) -> str:
-    return "quad" if "vnni" in preset else "pairs"
+def _weights(rng, shape: tuple[int, ...], form: str) -> np.ndarray:
+    """Random int8 weights the form computes exactly. quad16: 7-bit ones, with the extreme pairs that
+    still fit int16 (64 + 64, -64 + -64: 255 * 128 = 32640) in the first output channel."""
+    if form != "quad16":
+        return rng.integers(-127, 128, shape).astype("int8")
+    w = rng.integers(-63, 64, shape).astype("int8")
+    w[..., 0:2, 0] = 64
+    w[..., 2:4, 0] = -64
+    assert pairs_fit_int16(dot4_conv_weight(w if w.ndim == 4 else w[None, None]))
+    return w
 
 
-def _conv_weight(w: np.ndarray, preset: str) -> np.ndarray:
-    return dot4_conv_weight(w) if _form(preset) == "quad" else pairs_conv_weight(w, LANES)
+def _conv_weight(w: np.ndarray, form: str) -> np.ndarray:
+    return pairs_conv_weight(w, LANES) if form == "pairs" else dot4_conv_weight(w)
 
 
 def _run(tensors, args, out_shape, out_dtype: str, preset: str = "x86") -> np.ndarray:
@@ -82,14 +92,16 @@ def _conv_reference(x, w, stride, pad):
     ],
 )
 def test_dot_conv_is_exact(preset, size, channels, out_channels, kernel, stride, epilogue):
+    preset, form = preset
     rng = np.random.default_rng(size)
     x = rng.integers(0, 256, (1, size, size, channels)).astype("uint8")
-    w = rng.integers(-127, 128, (kernel, kernel, channels, out_channels)).astype("int8")
+    x[0, 0, 0] = 255  # the largest pair sums of quad16's extreme weights
+    w = _weights(rng, (kernel, kernel, channels, out_channels), form)
     pad = kernel // 2
-    packed = _conv_weight(w, preset)
+    packed = _conv_weight(w, form)
     data = te.placeholder(x.shape, "uint8", name="data")
     weight = te.placeholder(packed.shape, "int8", name="weight")
-    acc = compute.conv2d_nhwc(data, weight, (stride, stride), (pad,) * 4, (1, 1), PAD_VALUE, "int32", _form(preset))
+    acc = compute.conv2d_nhwc(data, weight, (stride, stride), (pad,) * 4, (1, 1), PAD_VALUE, "int32", form)
     out = _requantize(acc) if epilogue else acc
     ref = _conv_reference(x, w, stride, pad)
     ref = ((ref * 3) >> 9).astype(np.int8) if epilogue else ref.astype(np.int32)
@@ -100,13 +112,15 @@ def test_dot_conv_is_exact(preset, size, channels, out_channels, kernel, stride,
 @pytest.mark.parametrize("preset", FORMS)
 @pytest.mark.parametrize("epilogue", [True, False])
 def test_dot_dense_is_exact(preset, epilogue):
+    preset, form = preset
     rng = np.random.default_rng(7)
     x = rng.integers(0, 256, (2, 96)).astype("uint8")
-    w = rng.integers(-127, 128, (96, 48)).astype("int8")
-    packed = dot4_dense_weight(w, _form(preset), LANES)
+    x[0] = 255
+    w = _weights(rng, (96, 48), form)
+    packed = dot4_dense_weight(w, form, LANES)
     data = te.placeholder(x.shape, "uint8", name="data")
     weight = te.placeholder(packed.shape, "int8", name="weight")
-    acc = compute.dense(data, weight, "int32", _form(preset))
+    acc = compute.dense(data, weight, "int32", form)
     out = _requantize(acc) if epilogue else acc
     ref = x.astype(np.int64) @ w.astype(np.int64)
     ref = ((ref * 3) >> 9).astype(np.int8) if epilogue else ref.astype(np.int32)
@@ -125,3 +139,16 @@ def test_int8_depthwise_is_exact(size, channels, kernel, stride):
     acc = compute.depthwise_conv2d_nhwc(data, weight, (stride, stride), (pad,) * 4, (1, 1), PAD_VALUE, "int32")
     ref = ((_conv_reference(x, w, stride, pad) * 3) >> 9).astype(np.int8)
     np.testing.assert_array_equal(_run([data, weight, _requantize(acc)], [x, w], ref.shape, "int8"), ref)
+
+
+def test_pairs_fit_int16_at_the_boundary():
+    """vpmaddubsw saturates a pair sum past int16: 255 * (64 + 64) fits, 255 * (64 + 65) does not, and
+    likewise below zero; opposite signs never overflow."""
+
+    def quad(*pair):
+        return np.array([[[[*pair, 0, 0]]]], np.int8)
+
+    assert pairs_fit_int16(quad(64, 64)) and pairs_fit_int16(quad(-64, -64))
+    assert not pairs_fit_int16(quad(64, 65)) and not pairs_fit_int16(quad(-65, -64))
+    assert pairs_fit_int16(quad(127, -128)) and pairs_fit_int16(quad(0, 127))
+    assert not pairs_fit_int16(np.array([[[[0, 0, 100, 100]]]], np.int8))  # the second pair counts too
