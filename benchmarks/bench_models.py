@@ -8,9 +8,13 @@ the same threads, interleaved rounds (qcompile.bench):
     same calibration data) for CNNs, quantize_dynamic for transformers.
 
 Ratios: untuned int8 / onnxruntime fp32, tuned int8 / onnxruntime int8, tuned int8 / qcompile fp32.
+`--weights int7` builds qcompile's int8 libraries with 7-bit weights (-63..63), whose pair sums fit int16,
+so x86 without VNNI runs them on vpmaddubsw (the `quad16` kernels); its accuracy cost is measured by
+`benchmarks/bench_schemes.py --schemes int8,int7` and stated in the README.
 
     python benchmarks/bench_models.py                         # all models
     python benchmarks/bench_models.py --models fashion,minilm --rounds 9 --per-round 30
+    python benchmarks/bench_models.py --weights int7
 """
 
 from __future__ import annotations
@@ -114,7 +118,8 @@ def measure(name: str, spec: dict, work: Path, args) -> dict:
     }
     artifacts, tuned = {}, {}
     for label, (bits, tuning_db) in builds.items():
-        config = qcompile.BuildConfig(target=args.target, bits=bits, input_shapes=shapes)
+        weights = args.weights if bits == 8 else "int8"
+        config = qcompile.BuildConfig(target=args.target, bits=bits, input_shapes=shapes, weights=weights)
         out = work / label.replace(" ", "_")
         built = qcompile.build(spec["model"], out, calib=spec["calib"], config=config, tuning_db=tuning_db)
         artifacts[label] = built.artifact
@@ -166,7 +171,7 @@ def markdown(results: list[dict], machine: dict, args) -> str:
         "",
         f"CPU: {machine['model']}, {machine['cores']} cores, flags {' '.join(machine['flags'])}; target "
         f"{args.target}, {args.threads} threads ({resolve_pool(args.thread_pool)} thread pool), {args.rounds} rounds "
-        f"x {args.per_round} runs, batch 1. "
+        f"x {args.per_round} runs, batch 1; qcompile int8 = int8 activations x {args.weights} weights. "
         "Median ms (p10).",
         "",
         "| model | qcompile int8 untuned | qcompile int8 tuned | qcompile fp32 tuned | onnxruntime fp32 | "
@@ -214,6 +219,12 @@ def main() -> None:
     pools = ["shared", "tvm", "dedicated"]
     parser.add_argument("--thread-pool", choices=pools, help="qcompile runtime pool (default shared)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="folder for the .md/.json")
+    parser.add_argument(
+        "--weights",
+        choices=["int8", "int7"],
+        default="int8",
+        help="qcompile's int8 libraries' weight scheme: int7 runs x86 without VNNI on vpmaddubsw",
+    )
     args = parser.parse_args()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(names) - set(MODELS))
@@ -238,6 +249,7 @@ def main() -> None:
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"bench_models_{datetime.date.today().isoformat()}_{args.target}"
+    stem += "" if args.weights == "int8" else f"_{args.weights}"
     (out / f"{stem}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps({"cpu": machine, "results": results}, indent=2) + "\n")
     print(f"wrote {out / stem}.md and .json")

@@ -12,6 +12,7 @@ the whole model is built with it (`--precision default=SCHEME`, int8 activations
     python benchmarks/bench_schemes.py                    # both models, QAT for int2, ternary, binary
     python benchmarks/bench_schemes.py --models fashion --arm --qat all
     python benchmarks/bench_schemes.py --models search   # EfficientNet-Lite0: a mix smaller than int8?
+    python benchmarks/bench_schemes.py --schemes int8,int7 --qat none   # 7-bit weights' cost (and speed)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMES = ("int8", "int4", "int2", "pow2", "ternary", "binary", "codebook16")
+SCHEMES = ("int8", "int7", "int4", "int2", "pow2", "ternary", "binary", "codebook16")
 
 
 def _tutorial():
@@ -81,7 +82,7 @@ def _print(title: str, metric: str, rows: list[dict]) -> None:
     print(f"  (onnxruntime fp32 on the same inputs: {rows[0]['ort_fp32_ms']:.3f} ms)")
 
 
-def fashion(work: Path, qat: list[str], arm: bool, train: int, epochs: int) -> list[dict]:
+def fashion(work: Path, qat: list[str], arm: bool, train: int, epochs: int, schemes=SCHEMES) -> list[dict]:
     import qcompile
     from qcompile.zoo.fashion_mnist import load_fashion_mnist, normalize_fashion
 
@@ -92,7 +93,7 @@ def fashion(work: Path, qat: list[str], arm: bool, train: int, epochs: int) -> l
     np.savez(test, input=normalize_fashion(images[-2000:]), labels=labels[-2000:].astype(np.int64))
     rows = []
     fp32 = None
-    for scheme in SCHEMES:
+    for scheme in schemes:
         art = qcompile.build(model, work / f"fashion_{scheme}", calib=example / "calib.npz", config=_config(scheme))
         m = qcompile.verify(art.artifact, model, test)
         fp32 = m["top1_fp32"]
@@ -136,7 +137,7 @@ def _arm_identical(model: Path, x86: Path, out: Path, scheme: str) -> bool:
     return bool(np.array_equal(ref, got))
 
 
-def efficientnet(work: Path, views: int) -> list[dict]:
+def efficientnet(work: Path, views: int, schemes=SCHEMES) -> list[dict]:
     import qcompile
     from qcompile.zoo.efficientnet import efficientnet_lite0_onnx
     from qcompile.zoo.photos import photo_batches, photo_holdout
@@ -145,7 +146,7 @@ def efficientnet(work: Path, views: int) -> list[dict]:
     np.savez(work / "effnet_calib.npz", input=photo_batches("calib")[0])
     np.savez(work / "effnet_eval.npz", input=photo_holdout(views))
     rows = []
-    for scheme in SCHEMES:
+    for scheme in schemes:
         art = qcompile.build(model, work / f"effnet_{scheme}", calib=work / "effnet_calib.npz", config=_config(scheme))
         m = qcompile.verify(art.artifact, model, work / "effnet_eval.npz")
         rows.append(_row(f"PTQ {scheme}", art.artifact, m["outputs"]["logits"]["top1_agreement"]))
@@ -201,14 +202,16 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=12000, help="Fashion training images for QAT")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--views", type=int, default=500, help="EfficientNet held-out views")
+    parser.add_argument("--schemes", default=",".join(SCHEMES), help="PTQ schemes, comma-separated (int8 first)")
     args = parser.parse_args()
+    schemes = [s for s in args.schemes.split(",") if s]
     qat = {"all": list(SCHEMES[1:]), "none": []}.get(args.qat, [s for s in args.qat.split(",") if s])
     work = Path(tempfile.mkdtemp(prefix="qcompile-schemes-"))
     models = args.models.split(",")
     if "fashion" in models:
-        fashion(work, qat, args.arm, args.train, args.epochs)
+        fashion(work, qat, args.arm, args.train, args.epochs, schemes)
     if "effnet" in models:
-        efficientnet(work, args.views)
+        efficientnet(work, args.views, schemes)
     if "search" in models:
         effnet_search(work, args.views, args.probe_samples)
     print(f"\nartifacts: {work}")

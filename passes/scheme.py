@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, replace
 DTYPE_RANGES = {
     "int2": (-2, 1),
     "int4": (-8, 7),
+    "int7": (-64, 63),
     "uint4": (0, 15),
     "int8": (-128, 127),
     "uint8": (0, 255),
     "int16": (-32768, 32767),
 }
-DTYPE_BITS = {"int2": 2, "int4": 4, "uint4": 4, "int8": 8, "uint8": 8, "int16": 16}
+DTYPE_BITS = {"int2": 2, "int4": 4, "uint4": 4, "int7": 7, "int8": 8, "uint8": 8, "int16": 16}
 GRANULARITIES = ("tensor", "channel", "group", "token")
 SCALES = ("any", "pow2")
 # Which integers a weight may take (always within its dtype's range; the scale is per channel):
@@ -101,7 +102,13 @@ class QuantSpec:
     @property
     def storage(self) -> str:
         """The numpy/Relax dtype its integers are held in (sub-byte types are packed separately)."""
-        return {"int2": "int8", "int4": "int8", "uint4": "uint8"}.get(self.dtype, self.dtype)
+        return {"int2": "int8", "int4": "int8", "int7": "int8", "uint4": "uint8"}.get(self.dtype, self.dtype)
+
+    @property
+    def packed(self) -> bool:
+        """Stored bit-packed at `bits` in the library: integers below 8 bits, except int7, which is for
+        speed (x86's int16-safe `quad16` kernels, qcompile.kernels.intrinsics), not size: held as int8."""
+        return self.bits < 8 and self.dtype != "int7"
 
     def to_json(self) -> dict:
         doc = asdict(self)
@@ -125,22 +132,21 @@ ACT_INT16 = QuantSpec("int16", symmetric=True)
 WEIGHT_INT8 = QuantSpec("int8", symmetric=True, granularity="channel", narrow=True)
 
 
-# Weight schemes below 8 bits with integer activations (the precisions of the same names): integers that
-# are int8 values, so the int8 kernels compute them exactly, stored packed at `bits` in the library.
-SUB8_WEIGHTS = ("int4", "int2", "pow2", "ternary", "binary", "codebook")
+# Weight schemes below 8 bits with integer activations (qcompile.precision.SUB8) are integers that are int8
+# values, so the int8 kernels compute them exactly; the library stores them packed at `bits` (but int7).
 DEFAULT_CODEBOOK = 16
 
 
 def weight_scheme(name: str, codebook_size: int = DEFAULT_CODEBOOK) -> QuantSpec:
-    """The per-channel weight spec of a precision: int8, int4 (-7..7), int2 (-2..1), pow2, ternary,
+    """The per-channel weight spec of a precision: int8, int7 (-63..63), int4 (-7..7), int2 (-2..1), pow2, ternary,
     binary, codebook (`codebook_size` centroids) or codebookK (K centroids, whatever `codebook_size` says)."""
     digits = name.removeprefix("codebook")
     if name.startswith("codebook") and digits.isdigit():
         name, codebook_size = "codebook", int(digits)
     if name == "int8":
         return WEIGHT_INT8
-    if name == "int4":
-        return QuantSpec("int4", symmetric=True, granularity="channel", narrow=True)
+    if name in ("int7", "int4"):
+        return QuantSpec(name, symmetric=True, granularity="channel", narrow=True)
     if name == "int2":
         return QuantSpec("int2", symmetric=True, granularity="channel")
     if name in ("ternary", "binary"):
@@ -169,7 +175,7 @@ def stored_bytes(spec: QuantSpec, shape: tuple[int, ...], channel_axis: int) -> 
     elements = 1
     for dim in shape:
         elements *= int(dim)
-    integers = -(-elements * spec.bits // 8)
+    integers = -(-elements * (spec.bits if spec.packed else DTYPE_BITS[spec.storage]) // 8)
     if spec.levels == "codebook":
         assert spec.codebook_size is not None
         integers += spec.codebook_size  # the int8 centroids

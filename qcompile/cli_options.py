@@ -44,7 +44,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         metavar="RULES",
         help="per-layer precision: NAME=PREC,GLOB=PREC,default=PREC with PREC int8, int16 (16-bit activations "
         "into the layer), fp16 (GPU targets), fp32, w8a16/w4a16 (weight-only) or a weight scheme below 8 bits "
-        "(int4, int2, pow2, ternary, binary, codebook, codebookK; see --weights); an exact ONNX node name wins "
+        "(int7, int4, int2, pow2, ternary, binary, codebook, codebookK; see --weights); an exact ONNX node name wins "
         "over a glob, the last matching glob over earlier ones, both over the default (--bits, --weights); "
         "e.g. conv_12=int16,/blocks.3/*=fp32,default=pow2",
     )
@@ -111,11 +111,14 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         choices=WEIGHT_SCHEMES,
         default="int8",
         help="the weight scheme of every layer with constant weights that no --precision rule names, with "
-        "int8 activations and one scale per output channel: int8 (default); int4 (-7..7; matmul layers "
+        "int8 activations and one scale per output channel: int8 (default); int7 (-63..63, held as int8: "
+        "faster on x86 without VNNI, whose vpmaddubsw is exact when no pair of products leaves int16; "
+        "depthwise convs, which no dot product computes, keep int8); "
+        "int4 (-7..7; matmul layers "
         "become weight-only w4a16 instead: float activations, int4 weights in groups of --group-size input "
         "channels); int2 (-2..1); pow2 (0 and +-2^k, k=0..6: 4 bits); ternary (-a, 0, +a: 2 bits); binary "
         "(-a, +a with a = mean|w|: 1 bit); codebook (--codebook-size int8 centroids by k-means: log2 k bits). "
-        "Below 8 bits the library stores the weights bit-packed at that width (x86 and ARM; CUDA keeps "
+        "Below 8 bits (int7 aside) the library stores the weights bit-packed at that width (x86 and ARM; CUDA keeps "
         "int8) and unpacks them to int8 for the kernels, so results stay exact and identical across targets",
     )
     p.add_argument(

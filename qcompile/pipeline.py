@@ -114,8 +114,11 @@ def layer_precisions(canon: Canonical, config: BuildConfig) -> dict[str, str]:
     takes_sub8 = weighted | set(canon.model.layer_names().get("relax.nn.conv2d", []))  # conv, matmul x constant
     if config.weights != "int8":  # the default scheme of every other conv / constant-weight matmul
         scheme = config.weights if config.weights != "codebook" else f"codebook{config.codebook_size}"
+        # int7 is for the dot-product kernels' speed (qcompile.kernels.intrinsics, quad16); a depthwise
+        # conv's kernel multiplies in int32 at any width, so 7 bits would cost it accuracy for nothing
+        defaulted = takes_sub8 - (_grouped_convs(canon) if scheme == "int7" else set())
         for name in names:
-            if resolved[name] == "int8" and not config.precision.names(name) and name in takes_sub8:
+            if resolved[name] == "int8" and not config.precision.names(name) and name in defaulted:
                 resolved[name] = scheme
     for name in names:  # sub-8-bit schemes are for convs and matmuls with constant weights
         if is_sub8(resolved[name]) and name not in takes_sub8:
@@ -132,6 +135,17 @@ def layer_precisions(canon: Canonical, config: BuildConfig) -> dict[str, str]:
     for name in resolve_skips(names, config.skip, config.skip_first, config.skip_last):
         resolved[name] = config.float_precision
     return resolved
+
+
+def _grouped_convs(canon: Canonical) -> set[str]:
+    """Conv layers with groups > 1 (depthwise): no dot-product kernel computes them."""
+    from qcompile.passes.rewrite import main_bindings, op_name
+
+    return {
+        canon.layer_of[b.var.name]
+        for b in main_bindings(canon.mod["main"])
+        if b.var.name in canon.layer_of and op_name(b.value) == "relax.nn.conv2d" and int(b.value.attrs.groups) > 1
+    }
 
 
 def _constant_weight_matmuls(canon: Canonical) -> set[str]:
@@ -269,7 +283,7 @@ def packed_bits(plan: QuantPlan) -> int:
     widths = [
         op.weight.bits
         for op in plan.ops
-        if op.weight is not None and op.weight.granularity == "channel" and op.weight.bits < 8
+        if op.weight is not None and op.weight.granularity == "channel" and op.weight.packed
     ]
     return max(widths, default=0)
 

@@ -18,6 +18,9 @@ bit-packed in the library and unpacked to int8 for the int8 kernels (conv and co
   int4      uniform -7..7 (4 bits)          int2      uniform -2..1 (2 bits)
   pow2      0 and +-2^k, k = 0..6 (4 bits)  ternary   -1, 0, +1 (2 bits)      binary   -1, +1 (1 bit)
   codebook  --codebook-size int8 centroids found by k-means (log2 k bits); codebookK names K per layer
+  int7      uniform -63..63, held as int8 (not packed): every u8 x s8 pair sum fits int16, so x86 without
+            VNNI runs the layer on vpmaddubsw, its fastest int8 instruction (qcompile.kernels.intrinsics);
+            --weights int7 leaves depthwise convs int8 (their kernels use no dot product)
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 
 from qcompile.errors import InputError
 
-SUB8 = ("int4", "int2", "pow2", "ternary", "binary", "codebook")  # weights below 8 bits, int8 activations
+SUB8 = ("int7", "int4", "int2", "pow2", "ternary", "binary", "codebook")  # weights below 8 bits, int8 activations
 SEARCH_SCHEMES = ("int8", "int4", "codebook16", "pow2", "int2", "ternary", "binary")  # the scheme search's default
 PRECISIONS = ("int8", "int16", "fp16", "fp32", "w8a16", "w4a16", *SUB8)
 FLOAT_PRECISIONS = ("fp16", "fp32")
