@@ -55,7 +55,7 @@ def test_int7_keeps_test_accuracy_near_int8(fashion, int7, fashion_int8):
     m7 = qcompile.verify(int7, fashion["model"], fashion["test"])
     m8 = qcompile.verify(fashion_int8, fashion["model"], fashion["test"])
     assert m7["samples"] == 2000
-    assert m7["top1_int8"] >= m8["top1_int8"] - 0.5, (m7, m8)  # measured 91.70 vs int8 91.75
+    assert m7["top1_int8"] >= m8["top1_int8"] - 0.5, (m7, m8)  # measured 92.10 vs int8 92.05 (fp32 92.05)
     assert m7["top1_agreement"] >= 99.0, m7
 
 
