@@ -2,6 +2,7 @@
 three severities, for a plain build and a --calib-shifts build, and the calibration-subset spread (K=4).
 
     python benchmarks/bench_shifts.py [--models fashion,effnet] [--views 500] [--json out.json]
+    python benchmarks/bench_shifts.py --shifts imagenet-c --subsets 0   # albumentations' corruptions
 
 Fashion CNN: the 2000 labelled test images (held out from training and calibration). EfficientNet-Lite0:
 500 held-out views of the packaged photos (agreement with fp32), calibrated on the 32 calibration crops.
@@ -34,7 +35,7 @@ def _data(name: str, work: Path, views: int) -> tuple[Path, Path, Path]:
     return Path(efficientnet_lite0_onnx(batch=None)), work / "effnet_calib.npz", work / "effnet_eval.npz"
 
 
-def run(name: str, work: Path, views: int) -> dict:
+def run(name: str, work: Path, views: int, shifts: str = "default", subsets: int = 4) -> dict:
     import qcompile
     from qcompile.config import BuildConfig
     from qcompile.robustness import calib_subsets, shift_report
@@ -44,8 +45,9 @@ def run(name: str, work: Path, views: int) -> dict:
     out: dict = {}
     for label, config in (("plain", BuildConfig()), ("calib-shifts", BuildConfig(calib_shifts="default"))):
         art = qcompile.build(model, work / f"{name}_{label}", calib=calib, config=config).artifact
-        out[label] = shift_report(art, model, test, parse_shifts("default"), work / f"{name}_{label}_rob")
-    out["subsets"] = calib_subsets(model, calib, test, 4, work / f"{name}_subsets")
+        out[label] = shift_report(art, model, test, parse_shifts(shifts), work / f"{name}_{label}_rob")
+    if subsets:
+        out["subsets"] = calib_subsets(model, calib, test, subsets, work / f"{name}_subsets")
     return out
 
 
@@ -67,10 +69,12 @@ def table(name: str, doc: dict) -> str:
                 f"| {shift} | {a['severity']:g} | {a[key]} ({a['sqnr_db']}) | {b[key]} ({b['sqnr_db']}) | "
                 f"{a['fp32_top1_vs_clean']} |"
             )
+    if "subsets" not in doc:
+        return "\n".join(lines)
     sp = doc["subsets"]["spread"]
     lines.append("")
     lines.append(
-        "calibration subsets (K=4): "
+        f"calibration subsets (K={doc['subsets']['k']}): "
         + "; ".join(f"{k} mean {v['mean']}, std {v['std']}, range {v['min']}..{v['max']}" for k, v in sp.items())
     )
     return "\n".join(lines)
@@ -81,11 +85,13 @@ def main() -> None:
     ap.add_argument("--models", default="fashion,effnet")
     ap.add_argument("--views", type=int, default=500, help="EfficientNet held-out views (default 500)")
     ap.add_argument("--json", help="write every number to this file")
+    ap.add_argument("--shifts", default="default", help="the shifts (verify --shifts SPEC): default, imagenet-c, ...")
+    ap.add_argument("--subsets", type=int, default=4, help="calibration subsets K (0: skip)")
     args = ap.parse_args()
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-shifts-") as tmp:
         for name in args.models.split(","):
-            results[name] = run(name, Path(tmp), args.views)
+            results[name] = run(name, Path(tmp), args.views, args.shifts, args.subsets)
             print(table(name, results[name]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -120,9 +120,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--shifts",
         metavar="SPEC",
-        help="also measure under input shifts: 'default' (every shift at 3 severities) or e.g. "
-        "'noise:0.05,0.1;blur:1,2;brightness:-0.3,0.3;contrast:-0.5;jpeg:30;crop:0.2' (noise/brightness in units "
-        "of the input's value range, blur sigma in pixels, contrast factor - 1, JPEG quality, crop fraction); "
+        help="also measure under input shifts: 'default' (noise, blur, brightness, contrast, jpeg, crop, and "
+        "snr/gain for audio, each at 3 severities), 'imagenet-c' (albumentations' shot_noise, impulse_noise, "
+        "defocus_blur, motion_blur, zoom_blur, glass_blur, snow, fog, pixelate: qcompile[shifts]) or e.g. "
+        "'noise:0.05,0.1;blur:1,2;brightness:-0.3,0.3;contrast:-0.5;jpeg:30;crop:0.2;fog:0.4' (noise/brightness in "
+        "units of the input's value range, blur sigma in pixels, contrast factor - 1, JPEG quality, crop fraction); "
         "per shift and severity: int8-vs-fp32 agreement and SQNR, fp32's own change from clean, and the "
         "activation sites clipping beyond their calibrated range. Needs -o",
     )

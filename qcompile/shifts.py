@@ -54,24 +54,70 @@ def _contrast(x, s, span, rng):
     return (mean + (x - mean) * (1.0 + s)).astype(x.dtype)
 
 
-def _jpeg(x, s, span, rng):
-    """JPEG re-encoding (Pillow) at quality `s`: each image mapped to 0..255 over the data's range, encoded,
-    decoded and mapped back (grey for 1 channel, RGB for 3, each channel alone otherwise)."""
-    from PIL import Image
-
+def _per_plane_u8(x, span, fn):
+    """`fn` on each image as 0..255 bytes over the data's range (an H x W x 3 RGB image for 3 channels,
+    each channel alone as an H x W grey one otherwise), mapped back to the tensor's units."""
     lo = float(np.percentile(x, 0.5))
     out = np.empty_like(x)
     for i, img in enumerate(x):
         u8 = np.clip(np.rint((img - lo) / span * 255.0), 0, 255).astype(np.uint8)
         planes = [u8.transpose(1, 2, 0)] if u8.shape[0] == 3 else list(u8)
-        decoded = []
-        for plane in planes:
-            buf = io.BytesIO()
-            Image.fromarray(plane).save(buf, format="JPEG", quality=int(s))
-            decoded.append(np.asarray(Image.open(buf), np.float32))
-        back = decoded[0].transpose(2, 0, 1) if u8.shape[0] == 3 else np.stack(decoded)
+        done = [np.asarray(fn(np.ascontiguousarray(plane)), np.float32) for plane in planes]
+        back = done[0].transpose(2, 0, 1) if u8.shape[0] == 3 else np.stack(done)
         out[i] = back / 255.0 * span + lo
     return out
+
+
+def _jpeg(x, s, span, rng):
+    """JPEG re-encoding (Pillow) at quality `s`, grey for 1 channel, RGB for 3, each channel alone otherwise."""
+    from PIL import Image
+
+    def encoded(plane):
+        buf = io.BytesIO()
+        Image.fromarray(plane).save(buf, format="JPEG", quality=int(s))
+        return Image.open(buf)
+
+    return _per_plane_u8(x, span, encoded)
+
+
+# ImageNet-C-style corruptions (Hendrycks & Dietterich 2019) from albumentations (qcompile[shifts]): each
+# family's one parameter is the severity, fixed (not sampled), with a seed drawn from the run's rng.
+_ALBUMENTATIONS = {
+    "shot_noise": lambda A, s: A.ShotNoise(scale_range=(s, s), p=1),
+    "impulse_noise": lambda A, s: A.SaltAndPepper(amount=(s, s), p=1),
+    "defocus_blur": lambda A, s: A.Defocus(radius=(int(s), int(s)), alias_blur=(0.1, 0.1), p=1),
+    "motion_blur": lambda A, s: A.MotionBlur(blur_limit=(int(s), int(s)), p=1),
+    "zoom_blur": lambda A, s: A.ZoomBlur(max_factor=(s, s), step_factor=(0.01, 0.01), p=1),
+    "glass_blur": lambda A, s: A.GlassBlur(sigma=0.7, max_delta=int(s), iterations=2, p=1),
+    "snow": lambda A, s: A.RandomSnow(snow_point_range=(s, s), p=1),
+    "fog": lambda A, s: A.RandomFog(fog_coef_range=(s, s), p=1),
+    "pixelate": lambda A, s: A.Downscale(scale_range=(s, s), p=1),
+}
+
+
+def _albumentations():
+    try:
+        import albumentations
+    except ImportError:
+        raise InputError(
+            "the ImageNet-C shifts need albumentations: pip install 'qcompile[shifts]' (or albumentations==2.0.8)"
+        ) from None
+    return albumentations
+
+
+def _corruption(name: str):
+    def apply(x, s, span, rng):
+        A = _albumentations()
+        transform = A.Compose([_ALBUMENTATIONS[name](A, s)], seed=int(rng.integers(2**31)))
+
+        def corrupted(plane):  # grey planes go through as RGB and come back as their mean
+            rgb = plane if plane.ndim == 3 else np.repeat(plane[:, :, None], 3, axis=2)
+            out = transform(image=rgb)["image"]
+            return out if plane.ndim == 3 else out.astype(np.float32).mean(axis=2)
+
+        return _per_plane_u8(x, span, corrupted)
+
+    return apply
 
 
 def _crop(x, s, span, rng):
@@ -114,28 +160,68 @@ SHIFTS: dict[str, Shift] = {
         Shift("gain", "gain in dB", (-12.0, 6.0, 12.0), _gain, "audio"),
     )
 }
+# `--shifts imagenet-c`: the corruptions albumentations supplies (the families above cover Gaussian noise,
+# brightness, contrast and JPEG); not part of `default`, which needs no extra package
+IMAGENET_C: dict[str, Shift] = {
+    s.name: s
+    for s in (
+        Shift("shot_noise", "Poisson (shot) noise, albumentations' scale", (0.05, 0.1, 0.2), _corruption("shot_noise")),
+        Shift("impulse_noise", "salt-and-pepper, fraction of pixels", (0.01, 0.03, 0.06), _corruption("impulse_noise")),
+        Shift("defocus_blur", "defocus (disc) blur, radius in pixels", (1.0, 2.0, 3.0), _corruption("defocus_blur")),
+        Shift("motion_blur", "motion blur, kernel size in pixels (odd)", (3.0, 5.0, 7.0), _corruption("motion_blur")),
+        Shift("zoom_blur", "zoom blur, largest zoom factor", (1.05, 1.1, 1.2), _corruption("zoom_blur")),
+        Shift("glass_blur", "glass blur, largest pixel swap distance", (1.0, 2.0, 3.0), _corruption("glass_blur")),
+        Shift("snow", "snow, fraction of pixels whitened (bleach)", (0.1, 0.2, 0.3), _corruption("snow")),
+        Shift("fog", "fog, intensity 0..1", (0.2, 0.4, 0.6), _corruption("fog")),
+        Shift(
+            "pixelate",
+            "down- then up-scaling, the kept scale (lower is stronger)",
+            (0.6, 0.4, 0.25),
+            _corruption("pixelate"),
+        ),
+    )
+}
+SHIFTS.update(IMAGENET_C)
+_CORE = tuple(n for n in SHIFTS if n not in IMAGENET_C)
+_LIMITS = {  # name -> (check, what a severity must be)
+    "jpeg": (lambda s: 1 <= s <= 95, "a JPEG quality is in 1..95"),
+    "crop": (lambda s: 0 <= s < 1, "a crop fraction is in [0, 1)"),
+    "blur": (lambda s: s >= 0, "a blur sigma is >= 0"),
+    "shot_noise": (lambda s: s > 0, "a shot-noise scale is > 0"),
+    "impulse_noise": (lambda s: 0 <= s <= 1, "an impulse-noise fraction is in [0, 1]"),
+    "defocus_blur": (lambda s: s >= 1 and s == int(s), "a defocus radius is a whole number of pixels >= 1"),
+    "motion_blur": (lambda s: s >= 3 and s == int(s) and int(s) % 2, "a motion-blur kernel is an odd size >= 3"),
+    "zoom_blur": (lambda s: s >= 1, "a zoom factor is >= 1"),
+    "glass_blur": (lambda s: s >= 1 and s == int(s), "a glass-blur distance is a whole number >= 1"),
+    "snow": (lambda s: 0 <= s <= 1, "a snow fraction is in [0, 1]"),
+    "fog": (lambda s: 0 <= s <= 1, "a fog intensity is in [0, 1]"),
+    "pixelate": (lambda s: 0 < s < 1, "a pixelate scale is in (0, 1)"),
+}
 
 
 def parse_shifts(text: str, flag: str = "--shifts") -> dict[str, tuple[float, ...]]:
-    """`default`, or `name:s1,s2;name:s3` (a name alone takes its default severities); errors name `flag`."""
-    if text.strip() == "default":
-        return {name: shift.defaults for name, shift in SHIFTS.items()}
+    """`default`, `imagenet-c`, or `name:s1,s2;name:s3` (a name alone takes its default severities);
+    errors name `flag`."""
+    groups = {"default": _CORE, "imagenet-c": tuple(IMAGENET_C)}
+    if text.strip() in groups:
+        if text.strip() == "imagenet-c":
+            _albumentations()
+        return {name: SHIFTS[name].defaults for name in groups[text.strip()]}
     out: dict[str, tuple[float, ...]] = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         name, _, values = part.partition(":")
         name = name.strip()
         if name not in SHIFTS:
-            raise InputError(f"{flag}: {name!r} is not a shift (one of {', '.join(SHIFTS)}, or 'default')")
+            raise InputError(f"{flag}: {name!r} is not a shift (one of {', '.join(SHIFTS)}, 'default' or 'imagenet-c')")
         try:
             sev = tuple(float(v) for v in values.split(",") if v.strip()) if values.strip() else SHIFTS[name].defaults
         except ValueError:
             raise InputError(f"{flag}: {part!r}: severities must be numbers, e.g. {name}:0.05,0.1") from None
-        if name == "jpeg" and not all(1 <= s <= 95 for s in sev):
-            raise InputError(f"{flag}: {part!r}: a JPEG quality is in 1..95")
-        if name == "crop" and not all(0 <= s < 1 for s in sev):
-            raise InputError(f"{flag}: {part!r}: a crop fraction is in [0, 1)")
-        if name == "blur" and not all(s >= 0 for s in sev):
-            raise InputError(f"{flag}: {part!r}: a blur sigma is >= 0")
+        check, rule = _LIMITS.get(name, (lambda s: True, ""))
+        if not all(check(s) for s in sev):
+            raise InputError(f"{flag}: {part!r}: {rule}")
+        if name in IMAGENET_C:
+            _albumentations()
         out[name] = sev
     if not out:
         raise InputError(f"{flag} is empty: name shifts, e.g. 'noise:0.05,0.1;blur:1' or 'default'")
