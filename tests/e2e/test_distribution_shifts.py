@@ -213,3 +213,15 @@ def test_an_image_folder_is_shifted_before_preprocessing(efficientnet, effnet_in
     bright = load_data(folder, inputs, "evaluation", ImagePreprocess(), raw_shift=lambda raw: raw + 76.5)
     lifted = bright.samples("input") - clean
     assert np.median(lifted[clean < 0.3]) == pytest.approx(76.5 / 128, abs=0.02)  # away from the 255 ceiling
+
+
+def test_imagenet_c_without_albumentations_is_one_clear_error(monkeypatch):
+    import sys
+
+    from qcompile.errors import InputError
+
+    monkeypatch.setitem(sys.modules, "albumentations", None)  # as if it were not installed
+    for spec in ("imagenet-c", "fog:0.3"):
+        with pytest.raises(InputError, match=r"need albumentations: pip install 'qcompile\[shifts\]'"):
+            parse_shifts(spec)
+    assert parse_shifts("noise:0.1") == {"noise": (0.1,)}  # the core shifts need nothing more
