@@ -239,8 +239,9 @@ class _Packer:
         if integer:
             if k % compute.DOT_K:
                 x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, compute.DOT_K - k % compute.DOT_K], pad_value=0.0))
-            form, lanes = self.form_for(n, dot4_dense_weight(w), in_dtype)
-            kernel = self.weights(bb, dot4_dense_weight(w, form, lanes))
+            quad = dot4_dense_weight(w)
+            form, lanes = self.form_for(n, quad, in_dtype)
+            kernel = self.weights(bb, dot4_dense_weight(w, form, lanes) if form == "pairs" else quad)
         else:
             form, kernel = "quad", weight
         out = bb.call_te(compute.dense, x, kernel, out_dtype=out_dtype, dot_form=form, primfunc_name_hint="dense")

@@ -80,21 +80,6 @@ def _jpeg(x, s, span, rng):
     return _per_plane_u8(x, span, encoded)
 
 
-# ImageNet-C-style corruptions (Hendrycks & Dietterich 2019) from albumentations (qcompile[shifts]): each
-# family's one parameter is the severity, fixed (not sampled), with a seed drawn from the run's rng.
-_ALBUMENTATIONS = {
-    "shot_noise": lambda A, s: A.ShotNoise(scale_range=(s, s), p=1),
-    "impulse_noise": lambda A, s: A.SaltAndPepper(amount=(s, s), p=1),
-    "defocus_blur": lambda A, s: A.Defocus(radius=(int(s), int(s)), alias_blur=(0.1, 0.1), p=1),
-    "motion_blur": lambda A, s: A.MotionBlur(blur_limit=(int(s), int(s)), p=1),
-    "zoom_blur": lambda A, s: A.ZoomBlur(max_factor=(s, s), step_factor=(0.01, 0.01), p=1),
-    "glass_blur": lambda A, s: A.GlassBlur(sigma=0.7, max_delta=int(s), iterations=2, p=1),
-    "snow": lambda A, s: A.RandomSnow(snow_point_range=(s, s), p=1),
-    "fog": lambda A, s: A.RandomFog(fog_coef_range=(s, s), p=1),
-    "pixelate": lambda A, s: A.Downscale(scale_range=(s, s), p=1),
-}
-
-
 def _albumentations():
     try:
         import albumentations
@@ -105,10 +90,14 @@ def _albumentations():
     return albumentations
 
 
-def _corruption(name: str):
+def _corruption(make):
+    """An ImageNet-C-style corruption (Hendrycks & Dietterich 2019) from albumentations (qcompile[shifts]):
+    `make(A, s)` builds the transform whose one parameter is the severity, fixed (not sampled), run with a
+    seed drawn from the run's rng."""
+
     def apply(x, s, span, rng):
         A = _albumentations()
-        transform = A.Compose([_ALBUMENTATIONS[name](A, s)], seed=int(rng.integers(2**31)))
+        transform = A.Compose([make(A, s)], seed=int(rng.integers(2**31)))
 
         def corrupted(plane):  # grey planes go through as RGB and come back as their mean
             rgb = plane if plane.ndim == 3 else np.repeat(plane[:, :, None], 3, axis=2)
@@ -165,19 +154,59 @@ SHIFTS: dict[str, Shift] = {
 IMAGENET_C: dict[str, Shift] = {
     s.name: s
     for s in (
-        Shift("shot_noise", "Poisson (shot) noise, albumentations' scale", (0.05, 0.1, 0.2), _corruption("shot_noise")),
-        Shift("impulse_noise", "salt-and-pepper, fraction of pixels", (0.01, 0.03, 0.06), _corruption("impulse_noise")),
-        Shift("defocus_blur", "defocus (disc) blur, radius in pixels", (1.0, 2.0, 3.0), _corruption("defocus_blur")),
-        Shift("motion_blur", "motion blur, kernel size in pixels (odd)", (3.0, 5.0, 7.0), _corruption("motion_blur")),
-        Shift("zoom_blur", "zoom blur, largest zoom factor", (1.05, 1.1, 1.2), _corruption("zoom_blur")),
-        Shift("glass_blur", "glass blur, largest pixel swap distance", (1.0, 2.0, 3.0), _corruption("glass_blur")),
-        Shift("snow", "snow, fraction of pixels whitened (bleach)", (0.1, 0.2, 0.3), _corruption("snow")),
-        Shift("fog", "fog, intensity 0..1", (0.2, 0.4, 0.6), _corruption("fog")),
+        Shift(
+            "shot_noise",
+            "Poisson (shot) noise, albumentations' scale",
+            (0.05, 0.1, 0.2),
+            _corruption(lambda A, s: A.ShotNoise(scale_range=(s, s), p=1)),
+        ),
+        Shift(
+            "impulse_noise",
+            "salt-and-pepper, fraction of pixels",
+            (0.01, 0.03, 0.06),
+            _corruption(lambda A, s: A.SaltAndPepper(amount=(s, s), p=1)),
+        ),
+        Shift(
+            "defocus_blur",
+            "defocus (disc) blur, radius in pixels",
+            (1.0, 2.0, 3.0),
+            _corruption(lambda A, s: A.Defocus(radius=(int(s), int(s)), alias_blur=(0.1, 0.1), p=1)),
+        ),
+        Shift(
+            "motion_blur",
+            "motion blur, kernel size in pixels (odd)",
+            (3.0, 5.0, 7.0),
+            _corruption(lambda A, s: A.MotionBlur(blur_limit=(int(s), int(s)), p=1)),
+        ),
+        Shift(
+            "zoom_blur",
+            "zoom blur, largest zoom factor",
+            (1.05, 1.1, 1.2),
+            _corruption(lambda A, s: A.ZoomBlur(max_factor=(s, s), step_factor=(0.01, 0.01), p=1)),
+        ),
+        Shift(
+            "glass_blur",
+            "glass blur, largest pixel swap distance",
+            (1.0, 2.0, 3.0),
+            _corruption(lambda A, s: A.GlassBlur(sigma=0.7, max_delta=int(s), iterations=2, p=1)),
+        ),
+        Shift(
+            "snow",
+            "snow, fraction of pixels whitened (bleach)",
+            (0.1, 0.2, 0.3),
+            _corruption(lambda A, s: A.RandomSnow(snow_point_range=(s, s), p=1)),
+        ),
+        Shift(
+            "fog",
+            "fog, intensity 0..1",
+            (0.2, 0.4, 0.6),
+            _corruption(lambda A, s: A.RandomFog(fog_coef_range=(s, s), p=1)),
+        ),
         Shift(
             "pixelate",
             "down- then up-scaling, the kept scale (lower is stronger)",
             (0.6, 0.4, 0.25),
-            _corruption("pixelate"),
+            _corruption(lambda A, s: A.Downscale(scale_range=(s, s), p=1)),
         ),
     )
 }

@@ -12,9 +12,9 @@ import pytest
 
 import qcompile
 from qcompile.cli import main
-from qcompile.deploy.emulate import run_bundle
-from qcompile.runtime import Runner, host_cpu_flags, open_artifact
+from qcompile.runtime import host_cpu_flags
 from qcompile.targets import TARGETS
+from tests.support.arm import x86_and_arm_outputs
 
 
 def _build(model: Path, out: Path, *extra) -> Path:
@@ -60,14 +60,8 @@ def test_int7_keeps_test_accuracy_near_int8(fashion, int7, fashion_int8):
 
 
 def test_int7_on_arm_under_qemu_is_bit_identical_to_x86(fashion, int7, tmp_path):
-    arm = _build(
-        fashion["model"], tmp_path / "arm", "--target", "arm", "--qparams", int7 / "qparams.json", "--weights", "int7"
-    )
-    assert main(["package", str(arm)]) == 0
     inputs = np.load(fashion["eval"])["input"][:8]
-    runner = Runner(open_artifact(int7))
-    x86 = np.concatenate([runner({"input": x[None]})[0] for x in inputs])
-    on_arm = np.concatenate([run_bundle(arm / "deploy", [x[None]])[0][0] for x in inputs])
+    x86, on_arm = x86_and_arm_outputs(fashion["model"], int7, tmp_path / "arm", inputs, "--weights", "int7")
     np.testing.assert_array_equal(on_arm, x86)
 
 

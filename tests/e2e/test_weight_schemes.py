@@ -13,8 +13,7 @@ import pytest
 
 import qcompile
 from qcompile.cli import main
-from qcompile.deploy.emulate import run_bundle
-from qcompile.runtime import Runner, open_artifact
+from tests.support.arm import x86_and_arm_outputs
 
 LAYERS = {
     "/stem/stem.0/stem.0.0/Conv": "pow2",
@@ -77,14 +76,8 @@ def test_library_shrinks_by_the_packed_bytes(mixed, fashion_int8):
 
 
 def test_arm_under_qemu_is_bit_identical_to_x86(fashion, mixed, tmp_path):
-    arm = _build(
-        fashion["model"], tmp_path / "arm", "--target", "arm", "--qparams", mixed / "qparams.json", "--precision", MIXED
-    )
-    assert main(["package", str(arm)]) == 0
     inputs = np.load(fashion["eval"])["input"][:8]
-    runner = Runner(open_artifact(mixed))
-    x86 = np.concatenate([runner({"input": x[None]})[0] for x in inputs])
-    on_arm = np.concatenate([run_bundle(arm / "deploy", [x[None]])[0][0] for x in inputs])
+    x86, on_arm = x86_and_arm_outputs(fashion["model"], mixed, tmp_path / "arm", inputs, "--precision", MIXED)
     np.testing.assert_array_equal(on_arm, x86)
 
 
