@@ -63,12 +63,16 @@ def _ndim(expr: relax.Expr) -> int | None:
 class _ChannelsLast:
     def __init__(self) -> None:
         self.nhwc: dict[relax.Var, relax.Expr] = {}  # old var -> its value in NHWC
+        self.splits: dict[relax.Var, tuple[relax.Expr, relax.Call]] = {}  # old tuple var -> (NHWC tuple, split)
         self.env: Env = {}
         self.bb: relax.BlockBuilder
 
     # -- the two views of a tensor ---------------------------------------------------------------
     def nchw(self, var: relax.Var) -> relax.Expr:
         """The NCHW value of `var`, transposing (once) if only its NHWC value exists."""
+        if var not in self.env and var in self.splits:  # a split's tuple used whole: split the NCHW copy
+            call = self.splits[var][1]
+            self.env[var] = self.bb.emit(substitute(call, {call.args[0]: self.nchw(call.args[0])}), var.name)
         if var not in self.env:
             self.env[var] = self.bb.emit(relax.op.permute_dims(self.nhwc[var], TO_NCHW), f"{var.name}_nchw")
         return self.env[var]
@@ -112,9 +116,18 @@ class _ChannelsLast:
             out = self.pool(binding)
         elif name == "relax.concat":
             out = self.concat(binding)
+        elif name == "relax.split":
+            out = self.split(binding)
+        elif name == "relax.image.resize2d":
+            out = self.resize(binding)
+        elif isinstance(value, relax.TupleGetItem) and value.tuple_value in self.splits:
+            out = relax.TupleGetItem(self.splits[value.tuple_value][0], value.index)
+        if name == "relax.split" and out is not None:
+            self.splits[binding.var] = (bb.emit(out, binding.var.name), value)
+            return
         if out is None:
             for var in operands(value):
-                if var in self.nhwc:
+                if var in self.nhwc or var in self.splits:
                     self.nchw(var)
             copy_binding(bb, env, binding)
         elif _ndim(binding.var) == 4:
@@ -124,7 +137,7 @@ class _ChannelsLast:
 
     def finish(self, bb: relax.BlockBuilder, env: Env, result: relax.Expr) -> relax.Expr:
         for var in operands(result):
-            if var in self.nhwc:
+            if var in self.nhwc or var in self.splits:
                 self.nchw(var)
         return substitute(result, env)
 
@@ -218,6 +231,38 @@ class _ChannelsLast:
             return None
         axis = AXIS_TO_NHWC[int(call.attrs.axis) % 4]
         return relax.op.concat([self.nhwc[f] for f in fields.fields], axis=axis)
+
+    def split(self, binding: relax.VarBinding) -> relax.Expr | None:
+        """A split of an NHWC tensor splits it along the same axis in NHWC (YOLOv8's C2f blocks split
+        their channels); its parts are NHWC tensors (TupleGetItem in `step`)."""
+        call = binding.value
+        data = call.args[0]
+        if not (isinstance(data, relax.Var) and data in self.nhwc) or _ndim(data) != 4:
+            return None
+        sections = call.attrs.indices_or_sections
+        sections = int(sections) if isinstance(sections, (int, tvm.tirx.IntImm)) else [int(i) for i in sections]
+        return relax.op.split(self.nhwc[data], sections, axis=AXIS_TO_NHWC[int(call.attrs.axis) % 4])
+
+    def resize(self, binding: relax.VarBinding) -> relax.Expr | None:
+        """A 2-D resize (upsampling) of an NHWC tensor, in NHWC."""
+        call = binding.value
+        data = call.args[0]
+        attrs = call.attrs
+        if not (isinstance(data, relax.Var) and data in self.nhwc) or attrs.layout != "NCHW":
+            return None
+        return relax.op.image.resize2d(
+            self.nhwc[data],
+            call.args[1],
+            roi=[float(r) for r in attrs.roi],
+            layout="NHWC",
+            method=str(attrs.method),
+            coordinate_transformation_mode=str(attrs.coordinate_transformation_mode),
+            rounding_method=str(attrs.rounding_method),
+            cubic_alpha=float(attrs.cubic_alpha),
+            cubic_exclude=int(attrs.cubic_exclude),
+            extrapolation_value=float(attrs.extrapolation_value),
+            out_dtype=_dtype_or_none(attrs.out_dtype),
+        )
 
 
 def _dtype_or_none(dtype) -> str | None:
