@@ -197,7 +197,8 @@ def add_thread_pool_option(p) -> None:
         "--thread-pool",
         choices=sorted(POOLS),
         help="how the library's parallel kernels are run: shared (default; qcompile's own launcher, linked "
-        "into the library: workers sleep between kernels and the calling thread takes every task no worker "
+        "into the library: workers spin 100 us after a kernel ($QCOMPILE_POOL_SPIN_US), then sleep, and the "
+        "calling thread takes every task no worker "
         "has started, so neither a waking worker nor other busy processes hold a kernel up), tvm (TVM's "
         "pool with sleeping, unpinned workers: a wake-up per kernel) or dedicated (TVM's pool, spinning "
         "and pinned: many times slower when other processes compete for the cores); also "

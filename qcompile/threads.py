@@ -16,9 +16,10 @@ on the same runs, for 5-10% on the idle machine.
 
 Sleeping costs a futex wake-up per parallel kernel instead (~15 us): a fifth of EfficientNet-Lite0's time
 on 2 cores. So qcompile's default pool, "shared", is not TVM's: the artifact library carries qcompile's
-own launcher (qcompile/deploy/pool.c), which the loaders put in place of TVM's. Its workers sleep between
-kernels too, but the launching thread claims every task no worker has started, so it never waits for a
-worker that is still waking up or that another process holds. "tvm" is TVM's pool with sleeping,
+own launcher (qcompile/deploy/pool.c), which the loaders put in place of TVM's. Its workers spin with a
+CPU pause for 100 us after a kernel (never a yield; QCOMPILE_POOL_SPIN_US), then sleep, and the launching
+thread claims every task no worker has started, so it never waits for a worker that is still waking up
+or that another process holds. "tvm" is TVM's pool with sleeping,
 unpinned workers (the previous default); "dedicated" keeps TVM's spinning, pinned pool for a device that
 runs nothing else. A TVM_* variable the user set wins.
 The settings are read once, when the pool starts (the first parallel kernel of the process), so they
