@@ -28,15 +28,19 @@ REFERENCE = {
 }
 
 
-def _compile(op, shape):
+def _module(op, shape) -> tvm.IRModule:
     bb = relax.BlockBuilder()
     v = relax.Var("x", relax.TensorType(shape, "float32"))
     with bb.function("main", [v]):
         with bb.dataflow():
             out = bb.emit_output(op(v))
         bb.emit_func_output(out)
+    return bb.get()
+
+
+def _compile(op, shape):
     spec = TARGETS.get("x86")
-    return compile_module(bb.get(), spec.tvm(), spec.kernels)
+    return compile_module(_module(op, shape), spec.tvm(), spec.kernels)
 
 
 def _run(op, x: np.ndarray) -> np.ndarray:
@@ -84,14 +88,8 @@ def test_softmax_over_an_outer_axis_is_accurate_and_reduces_each_element_once():
     ref = e / e.sum(axis=1, keepdims=True)
     assert np.abs(_run(op, x) - ref).max() < 2e-6
 
-    bb = relax.BlockBuilder()
-    v = relax.Var("x", relax.TensorType(shape, "float32"))
-    with bb.function("main", [v]):
-        with bb.dataflow():
-            out = bb.emit_output(op(v))
-        bb.emit_func_output(out)
     spec = TARGETS.get("x86")
-    lowered = lower(bb.get(), spec.tvm(), spec.kernels)
+    lowered = lower(_module(op, shape), spec.tvm(), spec.kernels)
     (func,) = [f for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     sch = s_tir.Schedule(templates.schedule_func(func, spec.kernels))
     reductions = [b for b in templates._root_blocks(sch) if templates._is_reduction(sch, b)]
