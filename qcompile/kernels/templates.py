@@ -169,8 +169,10 @@ def _tile_transpose(sch: s_tir.Schedule, block, work: int) -> bool:
         return False  # not the plain one-loop-per-axis nest of a fresh elementwise block
     w = max((i for i, e in enumerate(extents) if e > 1), default=None)
     for region in stmt.reads:
+        if w is None or len(region.region) < 2:  # a scalar (a 0-d constant) or a vector read
+            continue
         used = tirx.analysis.undefined_vars(region.region[-1].min)
-        if w is None or len(region.source.shape) < 2 or len(used) != 1:
+        if len(used) != 1:
             continue
         r = next((i for i, v in enumerate(ivars) if v.same_as(used[0])), None)
         if r is None or r == w or extents[r] < TRANSPOSE_TILE:
