@@ -28,11 +28,13 @@ from qcompile.kernels.spec import CpuKernelSpec
 
 log = logging.getLogger(__name__)
 SCHEDULED = "tirx.is_scheduled"
-# Iterations below which waking the thread pool costs more than it saves. The shared pool's workers sleep
-# between kernels (qcompile.threads), so a parallel kernel pays a wake-up (~15 us here): measured on
-# x86-vnni, 2 threads, default schedules, 2^14 -> 2^20: Fashion CNN x0.77-0.89, MiniLM x0.90-0.95,
-# EfficientNet-Lite0 x0.94-0.98; 2^22 lost on EfficientNet (x1.02-1.04).
-PARALLEL_MIN_WORK = 1 << 20
+# Iterations below which a parallel launch costs more than it saves. The shared pool's workers spin
+# ~100 us after a kernel before they sleep (qcompile/deploy/pool.c), so within one inference a launch
+# finds them awake. Measured on the AVX2 preset, 2 threads, default schedules, two builds interleaved in
+# one process, 2^20 -> 2^16: Fashion CNN x0.92-0.95 (its first conv 21 -> 11 us), MiniLM x0.93-0.94,
+# EfficientNet-Lite0 x0.98, YOLOv8n x0.98, Magika x1.01; 2^14 gained nothing more (MiniLM x0.99,
+# EfficientNet and YOLOv8n x1.01). While workers slept between kernels (before the spin) 2^20 was best.
+PARALLEL_MIN_WORK = 1 << 16
 # Intrinsics TVM's loop vectorizer scalarizes because the op lacks the `TVectorizable` attribute, though
 # LLVM lowers each to an instruction that has vector forms (nearbyint: vrndscaleps / frintx; reinterpret: a
 # bitcast; rsqrt: 1/sqrt; isnan: an unordered compare). A vectorized loop that holds one of them became one
