@@ -108,7 +108,7 @@ class Runner:
         self.launcher = uses_launcher() and install_launcher(private)
         self.vm = VirtualMachine(self.module, tvm.cpu())
         self._main = self.vm["main"]
-        self._inputs: dict[str, tuple] = {}  # input name -> (the device tensor its values are copied into, a numpy view)
+        self._inputs: dict[str, tuple] = {}  # input name -> (its device tensor, a numpy view of that memory)
 
     def _input(self, name: str, value: np.ndarray):
         """The device tensor for input `name`, holding `value`: the one of the last call when the shape
