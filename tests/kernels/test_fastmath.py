@@ -78,7 +78,7 @@ def test_softmax_over_an_outer_axis_is_accurate_and_reduces_each_element_once():
     on YOLOv8n); the column template reduces each element once, vectorized along the free axis."""
     from tvm import s_tir
 
-    from qcompile.kernels import templates
+    from qcompile.kernels import loops, templates
     from qcompile.lowering import lower
 
     shape = (1, 16, 4, 120)
@@ -92,9 +92,9 @@ def test_softmax_over_an_outer_axis_is_accurate_and_reduces_each_element_once():
     lowered = lower(_module(op, shape), spec.tvm(), spec.kernels)
     (func,) = [f for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     sch = s_tir.Schedule(templates.schedule_func(func, spec.kernels))
-    reductions = [b for b in templates._root_blocks(sch) if templates._is_reduction(sch, b)]
+    reductions = [b for b in loops.root_blocks(sch) if loops.is_reduction(sch, b)]
     assert len(reductions) == 2  # the max and the sum of exponentials
     for block in reductions:
-        steps = np.prod([templates._extent(sch, lp) for lp in sch.get_loops(block)])
+        steps = np.prod([loops.loop_extent(sch, lp) for lp in sch.get_loops(block)])
         assert steps == np.prod(shape), f"{sch.get(block).name_hint}: {steps} steps for {np.prod(shape)} elements"
         assert sch.get(sch.get_loops(block)[-1]).kind == tvm.tirx.ForKind.VECTORIZED

@@ -8,7 +8,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, topi
 
-from qcompile.kernels import templates
+from qcompile.kernels import loops, templates
 from qcompile.targets import TARGETS
 
 
@@ -20,8 +20,8 @@ def test_transpose_to_a_unit_innermost_axis_is_tiled_and_exact():
     out = te.compute(moved.shape, lambda *i: scale() * moved(*i), name="scaled")  # the 0-d read first
     func = templates.schedule_func(te.create_prim_func([data, scale, out]), spec.kernels)
     sch = s_tir.Schedule(func)
-    (block,) = templates._root_blocks(sch)
-    inner = [templates._extent(sch, lp) for lp in sch.get_loops(block)[-2:]]
+    (block,) = loops.root_blocks(sch)
+    inner = [loops.loop_extent(sch, lp) for lp in sch.get_loops(block)[-2:]]
     assert inner == [16, 15]  # tiles of the input's axis (48) and the output's innermost non-unit one (60)
     x = np.random.default_rng(0).standard_normal((1, 60, 1, 48)).astype("float32")
     got = tvm.runtime.tensor(np.zeros((1, 48, 60, 1), "float32"))
