@@ -7,7 +7,9 @@ For a CPU target with kernel templates (`TargetSpec.kernels`):
   3. legalize + fuse: each kernel with its elementwise epilogue becomes one PrimFunc (a tuning task);
   4. schedules: a tuning record where the database has one, else the default template
      (`qcompile.kernels.templates`);
-  5. `tvm.compile`.
+  5. the requantize's widened int32 sums narrowed again (`qcompile.kernels.products`: one 32x32->64
+     multiply instruction on x86 instead of an emulated 64-bit one);
+  6. `tvm.compile`.
 
 `tvm.compile`'s default CPU pipeline would legalize every Relax op into a kernel of its own and never
 fuse: an int8 conv with its requantize epilogue becomes ten kernels and ten round trips through memory.
@@ -135,9 +137,10 @@ def compile_module(
     if apply_records is not None:
         lowered = apply_records(lowered)
     if kernels is not None:
+        from qcompile.kernels.products import keep_int32_sums
         from qcompile.kernels.templates import apply_default_schedules
 
-        lowered = apply_default_schedules(lowered, kernels)
+        lowered = keep_int32_sums(apply_default_schedules(lowered, kernels))
     elif target.kind.name == "cuda":
         lowered = gpu_default_schedules(lowered, target)
     if inventory is not None:

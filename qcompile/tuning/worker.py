@@ -66,10 +66,13 @@ class Progress(ms.measure_callback.PyMeasureCallback):
 
 def build_candidate(mod: tvm.IRModule, target: tvm.target.Target, _params):
     """MetaSchedule's default builder function minus its import of tvm.s_tir.tensor_intrin (every TVM
-    intrinsic parsed from TVMScript, ~30 s per worker): a candidate arrives already tensorized."""
+    intrinsic parsed from TVMScript, ~30 s per worker): a candidate arrives already tensorized. It is
+    built as a build builds it, the requantize's sums narrowed (qcompile.kernels.products)."""
     from tvm.driver import build
 
-    return build(mod, target=target)
+    from qcompile.kernels.products import keep_int32_sums
+
+    return build(keep_int32_sums(mod), target=target)
 
 
 def export_shared(mod) -> str:
