@@ -31,6 +31,7 @@ from qcompile.passes.rewrite import Env, const_value, copy_binding, is_const, ma
 INT8 = ("uint8", "int8")
 OPAQUE = 8  # relax's OpPatternKind kOpaque: the unpack kernel stays a kernel of its own
 MIN_PACKED = 64  # weights below which a table and a stream save nothing worth a kernel launch
+FLOAT_LANES = 8  # output channels a float conv / dense is padded to a multiple of (_Packer.padded)
 WIDENING_OPS = {"relax.multiply": topi.multiply, "relax.add": topi.add}
 
 
@@ -164,15 +165,21 @@ class _Packer:
         return "quad", 0
 
     def padded(self, w: np.ndarray, axis: int) -> np.ndarray:
-        """int8 weights with their output channels (`axis`) zero-padded to a multiple of the narrowest
-        dot instruction's lanes when no instruction's lanes divide them (a head of 18 classes): without
-        one the kernel ran LLVM's plain code, ~7 GMAC/s (YOLOv8n's 64 -> 18 head conv: 0.27 ms)."""
-        widths = [*self.lanes, *self.int16_lanes]
+        """Weights with their output channels (`axis`) zero-padded where the kernel template cannot take
+        them (a head of 18 classes), which left the layer to LLVM's plain code, ~7 GMAC/s (YOLOv8n's
+        64 -> 18 head conv: 0.27 ms): int8 ones to a multiple of the narrowest dot instruction's lanes
+        when no instruction's lanes divide them, float ones to a multiple of FLOAT_LANES when not even
+        a 4-wide vector divides them."""
         channels = w.shape[axis]
-        if not widths or any(channels % lanes == 0 for lanes in widths):
+        if w.dtype == np.float32:
+            width = FLOAT_LANES if channels % 4 else 0
+        else:
+            widths = [*self.lanes, *self.int16_lanes]
+            width = min(widths) if widths and all(channels % lanes for lanes in widths) else 0
+        if not width:
             return w
         extra = [(0, 0)] * w.ndim
-        extra[axis] = (0, -(-channels // min(widths)) * min(widths) - channels)
+        extra[axis] = (0, -(-channels // width) * width - channels)
         return np.pad(w, extra)
 
     @staticmethod
@@ -242,8 +249,9 @@ class _Packer:
             kwargs["dot_form"] = form
             conv = bb.call_te(compute.conv2d_nhwc, x, kernel, **kwargs, primfunc_name_hint="conv2d")
             return self.sliced(bb, conv, out_channels, w.shape[3])
-        kernel = weight
-        return bb.call_te(compute.conv2d_nhwc, x, kernel, **kwargs, primfunc_name_hint="conv2d")
+        padded = self.padded(w, axis=3)
+        conv = bb.call_te(compute.conv2d_nhwc, x, relax.const(padded), **kwargs, primfunc_name_hint="conv2d")
+        return self.sliced(bb, conv, w.shape[3], padded.shape[3])
 
     # -- matmul -----------------------------------------------------------------------------------
     def matmul(self, bb: relax.BlockBuilder, env: Env, call: relax.Call, out_dtype: str) -> relax.Expr | None:
@@ -269,7 +277,8 @@ class _Packer:
             form, lanes = self.form_for(w.shape[1], quad, in_dtype)
             kernel = self.weights(bb, dot4_dense_weight(w, form, lanes) if form == "pairs" else quad)
         else:
-            form, kernel = "quad", weight
+            w = self.padded(w, axis=1)
+            form, kernel = "quad", relax.const(w)
         out = bb.call_te(compute.dense, x, kernel, out_dtype=out_dtype, dot_form=form, primfunc_name_hint="dense")
         out = self.sliced(bb, out, n, w.shape[1])
         if len(shape) == 2:

@@ -70,3 +70,32 @@ def test_odd_output_channels_are_padded_scheduled_and_exact(out_channels):
     for gv, func in scheduled.functions.items():
         if isinstance(func, tvm.tirx.PrimFunc) and ("conv2d" in gv.name_hint or "dense" in gv.name_hint):
             assert SCHEDULED in func.attrs, f"{gv.name_hint} runs LLVM's plain code"
+
+
+def test_float_layers_with_odd_output_channels_are_padded_and_scheduled():
+    """A float head (a mixed-precision build keeps its last layers float) of 18 channels: padded to 24,
+    scheduled by the float dot template, the same sums as numpy's to float32 rounding."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((18, 16, 3, 3)).astype("float32")
+    x = relax.Var("x", relax.TensorType((1, 16, 6, 6), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.conv2d(x, relax.const(w), padding=[1, 1, 1, 1]))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    from qcompile.kernels.templates import apply_default_schedules
+
+    scheduled = apply_default_schedules(lower(mod, X86.tvm(), X86.kernels), X86.kernels)
+    (conv,) = [f for gv, f in scheduled.functions.items() if "conv2d" in gv.name_hint]
+    assert SCHEDULED in conv.attrs and [int(d) for d in conv.params[1].ty.shape][-1] == 24
+    vm = relax.VirtualMachine(compile_module(mod, X86.tvm(), X86.kernels), tvm.cpu())
+    data = rng.standard_normal((1, 16, 6, 6)).astype("float32")
+    got = vm["main"](tvm.runtime.tensor(data)).numpy()
+    padded = np.pad(data.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = sum(
+        np.einsum("nchw,oc->nohw", padded[:, :, dy : dy + 6, dx : dx + 6], w[:, :, dy, dx].astype(np.float64))
+        for dy in range(3)
+        for dx in range(3)
+    )
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
