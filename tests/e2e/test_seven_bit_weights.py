@@ -35,12 +35,12 @@ def int7(fashion, tmp_path_factory) -> Path:
 
 
 def test_int7_layers_take_the_int16_safe_kernels_and_int8_ones_do_not(int7, fashion_int8):
-    """The x86 preset checks each layer's weights: 7-bit ones take quad16 (every layer whose channels
-    fill its 8 lanes: all but the 10-class head); int8 ones, whose pair sums leave int16, keep pairs,
-    except the stem conv: its one input channel is padded to 4 with zeros, so each pair holds one weight."""
+    """The x86 preset checks each layer's weights: 7-bit ones take quad16 (every layer, the 10-class head
+    too, its channels padded to the 8 lanes); int8 ones, whose pair sums leave int16, keep pairs, except
+    the stem conv: its one input channel is padded to 4 with zeros, so each pair holds one weight."""
     seven, eight = _dot_forms(int7), _dot_forms(fashion_int8)
-    assert seven.count("quad16") == 5 and "pairs" not in seven, seven
-    assert eight.count("pairs") == 4 and eight.count("quad16") == 1, eight
+    assert seven == ["quad16"] * 6, seven
+    assert eight.count("pairs") == 5 and eight.count("quad16") == 1, eight
     weights = json.loads((int7 / "report.json").read_text())["integer_weights"]
     assert {d["scheme"] for d in weights["by_layer"].values()} == {"int7/channel"}
     assert {d["bits"] for d in weights["by_layer"].values()} == {7}
