@@ -31,7 +31,7 @@ from qcompile.passes.rewrite import Env, const_value, copy_binding, is_const, ma
 INT8 = ("uint8", "int8")
 OPAQUE = 8  # relax's OpPatternKind kOpaque: the unpack kernel stays a kernel of its own
 MIN_PACKED = 64  # weights below which a table and a stream save nothing worth a kernel launch
-FLOAT_LANES = 8  # output channels a float conv / dense is padded to a multiple of (_Packer.padded)
+FLOAT_LANES = 8  # output channels a float conv / dense is padded to a multiple of (float_padded)
 WIDENING_OPS = {"relax.multiply": topi.multiply, "relax.add": topi.add}
 
 
@@ -76,6 +76,18 @@ def pairs_fit_int16(quad: np.ndarray) -> bool:
     high = np.maximum(w, 0).sum(axis=2).max(initial=0)
     low = np.minimum(w, 0).sum(axis=2).min(initial=0)
     return bool(255 * high <= 32767 and 255 * low >= -32768)
+
+
+def _zero_padded(w: np.ndarray, axis: int, width: int) -> np.ndarray:
+    extra = [(0, 0)] * w.ndim
+    extra[axis] = (0, -(-w.shape[axis] // width) * width - w.shape[axis])
+    return np.pad(w, extra)
+
+
+def float_padded(w: np.ndarray, axis: int) -> np.ndarray:
+    """Float weights with their output channels (`axis`) zero-padded to a multiple of FLOAT_LANES when
+    not even a 4-wide vector divides them (the float template's narrowest vector); else `w` itself."""
+    return _zero_padded(w, axis, FLOAT_LANES) if w.shape[axis] % 4 else w
 
 
 def dot4_dense_weight(kn: np.ndarray, form: str = "quad", lanes: int = 0) -> np.ndarray:
@@ -168,19 +180,14 @@ class _Packer:
         """Weights with their output channels (`axis`) zero-padded where the kernel template cannot take
         them (a head of 18 classes), which left the layer to LLVM's plain code, ~7 GMAC/s (YOLOv8n's
         64 -> 18 head conv: 0.27 ms): int8 ones to a multiple of the narrowest dot instruction's lanes
-        when no instruction's lanes divide them, float ones to a multiple of FLOAT_LANES when not even
-        a 4-wide vector divides them."""
-        channels = w.shape[axis]
+        when no instruction's lanes divide them, float ones as `float_padded`."""
         if w.dtype == np.float32:
-            width = FLOAT_LANES if channels % 4 else 0
-        else:
-            widths = [*self.lanes, *self.int16_lanes]
-            width = min(widths) if widths and all(channels % lanes for lanes in widths) else 0
-        if not width:
+            return float_padded(w, axis)
+        widths = [*self.lanes, *self.int16_lanes]
+        channels = w.shape[axis]
+        if not widths or not all(channels % lanes for lanes in widths):
             return w
-        extra = [(0, 0)] * w.ndim
-        extra[axis] = (0, -(-channels // width) * width - channels)
-        return np.pad(w, extra)
+        return _zero_padded(w, axis, min(widths))
 
     @staticmethod
     def sliced(bb: relax.BlockBuilder, out: relax.Expr, channels: int, padded: int) -> relax.Expr:

@@ -145,11 +145,15 @@ class WeightProbe:
 
 def _layouts(w: np.ndarray) -> list[np.ndarray]:
     """The forms a float conv/matmul weight takes in the lowered module: as it is ([K, N] for a dense),
-    HWIO (channels-last conv) and HWO (depthwise: one input channel per group)."""
+    HWIO (channels-last conv) and HWO (depthwise: one input channel per group), and the dense and conv
+    forms with their output channels padded to whole vectors (pack_kernels.float_padded: a 10-class
+    head)."""
+    from qcompile.passes.pack_kernels import float_padded
+
     if w.ndim != 4:
-        return [w]
+        return [w, float_padded(w, 1)]
     hwio = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
-    return [w, hwio, np.ascontiguousarray(hwio[:, :, 0, :])]
+    return [w, hwio, np.ascontiguousarray(hwio[:, :, 0, :]), float_padded(hwio, 3)]
 
 
 def _lift_weights(lowered: tvm.IRModule, table: dict, lifted: list) -> tvm.IRModule:

@@ -61,7 +61,7 @@ def test_tune_measures_through_rpc_tracker(tracker, fashion, tmp_path, capsys):
     assert "(0 failed)" in capsys.readouterr().out
     assert main(["tuning-db", "info", str(db), "--json"]) == 0
     tasks = [t for key in json.loads(capsys.readouterr().out) for t in key["tasks"]]
-    assert len(tasks) == 5 and all(t["best_us"] > 0 for t in tasks)  # every kernel measured on the "device"
+    assert len(tasks) == 6 and all(t["best_us"] > 0 for t in tasks)  # every kernel measured on the "device"
     out = tmp_path / "art"
     build = ["build", str(fashion["model"]), "--calib", str(fashion["calib"]), "-o", str(out)]
     assert main([*build, "--tuning-db", str(db), "--require-tuned"]) == 0

@@ -27,7 +27,7 @@ def test_tune_then_resume_then_require_tuned(fashion, tmp_path, capsys):
     first = summarize(db)
     assert len(first) == 1 and first[0]["target"] == "x86"
     tasks = first[0]["tasks"]
-    assert len(tasks) == 5 and all(t["best_us"] > 0 for t in tasks)  # every kernel: at least its default
+    assert len(tasks) == 6 and all(t["best_us"] > 0 for t in tasks)  # every kernel: at least its default
     assert main([*tune, "--trials", "8", "--time-budget", "5m"]) == 0
     assert summarize(db)[0]["records"] > first[0]["records"], "a second run adds to the database"
     capsys.readouterr()
@@ -36,13 +36,13 @@ def test_tune_then_resume_then_require_tuned(fashion, tmp_path, capsys):
     build = ["build", str(fashion["model"]), "--calib", str(fashion["calib"]), "-o", str(out)]
     assert main([*build, "--tuning-db", str(db), "--require-tuned"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["kernels"]["schedules"]["tuned"] == 5
+    assert manifest["kernels"]["schedules"]["tuned"] == 6
 
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([*build, "--tuning-db", str(empty), "--require-tuned"]) == 2
     err = capsys.readouterr().err
-    assert "--require-tuned: 5 kernel(s) have no tuning record" in err and "fused_conv2d" in err
+    assert "--require-tuned: 6 kernel(s) have no tuning record" in err and "fused_conv2d" in err
     assert err.count("\n") == 1
 
 
