@@ -244,20 +244,18 @@ class _Packer:
             taps = np.ascontiguousarray(w[:, :, 0, :])
             kernel = self.weights(bb, taps) if integer else relax.const(taps)
             return bb.call_te(compute.depthwise_conv2d_nhwc, x, kernel, **kwargs, primfunc_name_hint="depthwise")
+        padded = self.padded(w, axis=3)
         if integer:
             if channels % compute.DOT_K:
                 extra = compute.DOT_K - channels % compute.DOT_K
                 x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 0, 0, 0, extra], pad_value=0.0))
-            out_channels = w.shape[3]
-            w = self.padded(w, axis=3)
-            quad = dot4_conv_weight(w)
-            form, lanes = self.form_for(w.shape[3], quad, in_dtype)
-            kernel = self.weights(bb, pairs_conv_weight(w, lanes) if form == "pairs" else quad)
+            quad = dot4_conv_weight(padded)
+            form, lanes = self.form_for(padded.shape[3], quad, in_dtype)
+            kernel = self.weights(bb, pairs_conv_weight(padded, lanes) if form == "pairs" else quad)
             kwargs["dot_form"] = form
-            conv = bb.call_te(compute.conv2d_nhwc, x, kernel, **kwargs, primfunc_name_hint="conv2d")
-            return self.sliced(bb, conv, out_channels, w.shape[3])
-        padded = self.padded(w, axis=3)
-        conv = bb.call_te(compute.conv2d_nhwc, x, relax.const(padded), **kwargs, primfunc_name_hint="conv2d")
+        else:
+            kernel = weight if padded is w else relax.const(padded)
+        conv = bb.call_te(compute.conv2d_nhwc, x, kernel, **kwargs, primfunc_name_hint="conv2d")
         return self.sliced(bb, conv, w.shape[3], padded.shape[3])
 
     # -- matmul -----------------------------------------------------------------------------------
@@ -276,18 +274,17 @@ class _Packer:
         rows = int(np.prod(shape[:-1]))
         if len(shape) != 2:
             x = bb.emit(relax.op.reshape(x, (rows, k)))
+        padded = self.padded(w, axis=1)
         if integer:
             if k % compute.DOT_K:
                 x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, compute.DOT_K - k % compute.DOT_K], pad_value=0.0))
-            w = self.padded(w, axis=1)
-            quad = dot4_dense_weight(w)
-            form, lanes = self.form_for(w.shape[1], quad, in_dtype)
-            kernel = self.weights(bb, dot4_dense_weight(w, form, lanes) if form == "pairs" else quad)
+            quad = dot4_dense_weight(padded)
+            form, lanes = self.form_for(padded.shape[1], quad, in_dtype)
+            kernel = self.weights(bb, dot4_dense_weight(padded, form, lanes) if form == "pairs" else quad)
         else:
-            w = self.padded(w, axis=1)
-            form, kernel = "quad", relax.const(w)
+            form, kernel = "quad", weight if padded is w else relax.const(padded)
         out = bb.call_te(compute.dense, x, kernel, out_dtype=out_dtype, dot_form=form, primfunc_name_hint="dense")
-        out = self.sliced(bb, out, n, w.shape[1])
+        out = self.sliced(bb, out, n, padded.shape[1])
         if len(shape) == 2:
             return out
         return relax.op.reshape(bb.emit(out), (*shape[:-1], n))
