@@ -1,4 +1,4 @@
-"""Tensor intrinsics for u8 activations x s8 weights -> s32, exact on every instruction set.
+"""Tensor intrinsics for 8-bit activations x s8 weights -> s32, exact on every instruction set.
 
 Three forms, named after how they read the weights (`qcompile.kernels.compute` builds the matching
 math); all add 4 products per accumulator lane and step:
@@ -20,6 +20,13 @@ math); all add 4 products per accumulator lane and step:
   exact form; 7-bit weights (`--weights int7`) take `quad16`. Its ceiling on an AVX2 core is ~1.7x
   fp32 FMA (saturating: ~2.0x), measured by `benchmarks/bench_peak.py`.
 
+Activations are u8 (the CPU targets' asymmetric uint8) or s8 (the NPU targets' int8, whose host library
+runs the same kernels): each intrinsic is registered for both (`variant`). s8 `pairs` sign-extends each
+activation pair (the byte shuffle puts it in the high halves, an arithmetic shift brings it down). An
+instruction that takes the other signedness gets the activations with their top bit flipped (x ^ 0x80:
+s8 x becomes u8 x + 128, u8 x becomes s8 x - 128, exact) and the sum corrected by a second dot of the
+flip's 0x80 bytes with the same weights. `quad16` stays u8-only: s8 activations never take it.
+
 TVM 0.27's own x86 intrinsics (`tvm.s_tir.tensor_intrin.x86`) name temporaries, which TVM backs with
 heap workspace inside parallel loops, and have no AVX2 version. The accumulator tile is a small
 `global`-scope buffer on purpose: TVM puts small global allocations on the stack, where LLVM keeps
@@ -28,7 +35,7 @@ them in registers, while `local` ones become heap workspace. Intrinsics are regi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
@@ -43,6 +50,7 @@ class DotIntrinsic:
     byte_operands: bool = False  # quad: the LLVM intrinsic takes its operands as byte vectors, not int32
     signed_only: bool = False  # quad: the instruction multiplies s8 x s8 (aarch64 sdot); see _quad
     widen: str = ""  # quad16: the LLVM intrinsic summing int16 pairs into int32 (vpmaddwd by ones)
+    activations: str = "uint8"  # the activations' dtype this registration reads ("int8": `variant`)
 
 
 INTRINSICS = {
@@ -80,11 +88,12 @@ _registered: set[str] = set()
 
 
 def _quad(d: DotIntrinsic):
-    lanes = d.lanes
+    lanes, act = d.lanes, d.activations
+    flip = d.signed_only != (act == "int8")  # the instruction reads the other signedness (module docstring)
 
     @T.prim_func(s_tir=True)
     def desc(
-        a: T.Buffer((4,), "uint8", offset_factor=1),
+        a: T.Buffer((4,), act, offset_factor=1),
         b: T.Buffer((lanes, 4), "int8", offset_factor=1),
         c: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
@@ -99,14 +108,15 @@ def _quad(d: DotIntrinsic):
     # The operands as the LLVM intrinsic types them: the 4 activation bytes broadcast as one int32 per
     # lane, reinterpreted as bytes where the intrinsic takes byte vectors (x86 vpdpbusd under LLVM 21+,
     # aarch64 usdot: v16i8 u8, v16i8 s8).
-    # sdot multiplies signed bytes only: it gets a - 128 (the top bit of each byte flipped, exact in
-    # int8) and the sum is corrected by 128 * sum(b), i.e. minus a second sdot of -128 with b. Exact,
-    # two instructions per 16 products.
+    # With `flip` (sdot on u8 activations, vpdpbusd / usdot on s8 ones) each byte's top bit is flipped and
+    # the sum corrected by a second dot of the 0x80 bytes with b: two instructions per 16 products.
     def a_operand(a):
-        word = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
-        if d.signed_only:
-            return T.reinterpret(T.broadcast(word ^ T.int32(-0x7F7F7F80), lanes), dtype=f"int8x{lanes * 4}")
+        word = T.reinterpret(a.vload([0], f"{act}x4"), dtype="int32")
+        if flip:
+            word = word ^ T.int32(-0x7F7F7F80)
         broadcast = T.broadcast(word, lanes)
+        if d.signed_only:
+            return T.reinterpret(broadcast, dtype=f"int8x{lanes * 4}")
         return T.reinterpret(broadcast, dtype=f"uint8x{lanes * 4}") if d.byte_operands else broadcast
 
     def b_operand(b):
@@ -132,12 +142,15 @@ def _quad(d: DotIntrinsic):
             b_operand(b),
             dtype=f"int32x{lanes}",
         )
-        if not d.signed_only:
+        if not flip:
             return dot
+        flipped = T.broadcast(T.int8(-128), lanes * 4) if d.signed_only else T.broadcast(T.uint8(128), lanes * 4)
+        if not d.byte_operands:
+            flipped = T.reinterpret(flipped, dtype=f"int32x{lanes}")
         centre = T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id(d.llvm),
             T.broadcast(T.int32(0), lanes),
-            T.broadcast(T.int8(-128), lanes * 4),
+            flipped,
             b_operand(b),
             dtype=f"int32x{lanes}",
         )
@@ -146,7 +159,7 @@ def _quad(d: DotIntrinsic):
     # One nested expression: TVMScript turns a named vector temporary into a heap-backed buffer.
     @T.prim_func(s_tir=True)
     def impl(
-        a: T.Buffer((4,), "uint8", offset_factor=1),
+        a: T.Buffer((4,), act, offset_factor=1),
         b: T.Buffer((lanes, 4), "int8", offset_factor=1),
         c: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
@@ -160,32 +173,39 @@ def _quad(d: DotIntrinsic):
 
 # The vpshufb mask picking bytes (2j, 2j+1) of each broadcast 4-byte group into the low halves of two
 # int16 lanes and zeroing the high halves (mask bytes with the top bit set): little-endian bytes
-# [2j, 0x80, 2j+1, 0x80], i.e. 0x80018000 + j * 0x00020002 (as int32).
+# [2j, 0x80, 2j+1, 0x80], i.e. 0x80018000 + j * 0x00020002 (as int32). For s8 activations the bytes go
+# into the high halves instead ([0x80, 2j, 0x80, 2j+1]: 0x01800080 + j * 0x02000200), and an
+# arithmetic shift right by 8 sign-extends them.
 _PAIR_MASK, _PAIR_MASK_STEP = -0x7FFE8000, 0x00020002
+_HIGH_PAIR_MASK, _HIGH_PAIR_MASK_STEP = 0x01800080, 0x02000200
 _PSHUFB = {8: "llvm.x86.avx2.pshuf.b", 16: "llvm.x86.avx512.pshuf.b.512"}  # by the pairs forms' lane widths
 
 
-def _zero_extended_pair(a, j, lanes: int):
-    """Activations (a[2j], a[2j+1]) zero-extended to int16 and repeated for each of `lanes` channels:
-    the 4 activation bytes broadcast once (shared by both partials), then one byte shuffle."""
-    word = T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), lanes)
-    mask = T.broadcast(T.int32(_PAIR_MASK + j * _PAIR_MASK_STEP), lanes)
+def _widened_pair(a, j, lanes: int, act: str):
+    """Activations (a[2j], a[2j+1]) widened to int16 (zero- or sign-extended, as `act`) and repeated for
+    each of `lanes` channels: the 4 activation bytes broadcast once (shared by both partials), then one
+    byte shuffle (and, for s8, one shift)."""
+    signed = act == "int8"
+    word = T.broadcast(T.reinterpret(a.vload([0], f"{act}x4"), dtype="int32"), lanes)
+    base, step = (_HIGH_PAIR_MASK, _HIGH_PAIR_MASK_STEP) if signed else (_PAIR_MASK, _PAIR_MASK_STEP)
+    mask = T.broadcast(T.int32(base + j * step), lanes)
     shuffled = T.call_llvm_pure_intrin(
         T.llvm_lookup_intrinsic_id(_PSHUFB[lanes]),
         T.reinterpret(word, dtype=f"int8x{lanes * 4}"),
         T.reinterpret(mask, dtype=f"int8x{lanes * 4}"),
         dtype=f"int8x{lanes * 4}",
     )
-    return T.reinterpret(shuffled, dtype=f"int16x{lanes * 2}")
+    pairs = T.reinterpret(shuffled, dtype=f"int16x{lanes * 2}")
+    return T.shift_right(pairs, T.broadcast(T.int16(8), lanes * 2)) if signed else pairs
 
 
 def _pairs(d: DotIntrinsic):
-    lanes = d.lanes
+    lanes, act = d.lanes, d.activations
     i16 = f"int16x{lanes * 2}"  # one vpmaddwd operand: `lanes` channels x 2 reduction elements
 
     @T.prim_func(s_tir=True)
     def desc(
-        a: T.Buffer((4,), "uint8", offset_factor=1),
+        a: T.Buffer((4,), act, offset_factor=1),
         b: T.Buffer((2, lanes, 2), "int8", offset_factor=1),
         c: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
@@ -203,13 +223,13 @@ def _pairs(d: DotIntrinsic):
         return T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id(d.llvm),
             T.Cast(i16, b.vload([j, 0, 0], dtype=f"int8x{lanes * 2}")),
-            _zero_extended_pair(a, j, lanes),
+            _widened_pair(a, j, lanes, act),
             dtype=f"int32x{lanes}",
         )
 
     @T.prim_func(s_tir=True)
     def impl(
-        a: T.Buffer((4,), "uint8", offset_factor=1),
+        a: T.Buffer((4,), act, offset_factor=1),
         b: T.Buffer((2, lanes, 2), "int8", offset_factor=1),
         c: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
@@ -225,13 +245,24 @@ def lookup(name: str) -> DotIntrinsic:
     return INTRINSICS[name]
 
 
-def ensure_registered(name: str) -> DotIntrinsic:
-    """Register the intrinsic `name` with TVM (once per process)."""
+def variant(name: str, activations: str = "uint8") -> DotIntrinsic | None:
+    """The intrinsic `name` for activations of this dtype (registered as `name` for u8, `name.s8` for s8),
+    or None where its form has none (`quad16` on s8)."""
     d = INTRINSICS[name]
-    if name not in _registered:
+    if activations == "uint8":
+        return d
+    if activations != "int8" or d.form == "quad16":
+        return None
+    return replace(d, name=f"{name}.s8", activations="int8")
+
+
+def ensure_registered(name: str, activations: str = "uint8") -> DotIntrinsic | None:
+    """Register the intrinsic `name` for these activations with TVM (once per process); None as `variant`."""
+    d = variant(name, activations)
+    if d is not None and d.name not in _registered:
         desc, impl = _pairs(d) if d.form == "pairs" else _quad(d)
-        TensorIntrin.register(name, desc, impl, override=True)
-        _registered.add(name)
+        TensorIntrin.register(d.name, desc, impl, override=True)
+        _registered.add(d.name)
     return d
 
 
@@ -239,3 +270,4 @@ def register_all() -> None:
     """Every qcompile intrinsic (reading a tuning database replays traces that may name any of them)."""
     for name in INTRINSICS:
         ensure_registered(name)
+        ensure_registered(name, "int8")

@@ -2,9 +2,10 @@
 x86 target and compiled, must equal a numpy integer reference bit for bit: the `pairs` form and the
 `quad16` form (vpmaddubsw, for weights whose pair sums fit int16: 7-bit weights, and the extreme pairs
 that just fit) on the AVX2 preset, and the `quad` form (vpdpbusd) on the VNNI preset where this CPU has
-VNNI. The end-to-end tests cover the kernels only as the real models use them (always with a requantize
-epilogue); these also reach the shapes and template paths the models do not (no epilogue, stride 2
-without padding, dense)."""
+VNNI; `pairs` and `quad` for u8 activations (the CPU targets') and s8 ones (the NPU targets' host
+library). The end-to-end tests cover the kernels only as the real models use them (always with a
+requantize epilogue); these also reach the shapes and template paths the models do not (no epilogue,
+stride 2 without padding, dense)."""
 
 from __future__ import annotations
 
@@ -23,15 +24,33 @@ LANES = 8  # the AVX2 pairs intrinsic's output channels per instruction
 PAD_VALUE = 3  # an activation zero point: padding must read it, not 0
 
 
-def _preset(name: str, form: str):
+def _preset(name: str, form: str, act: str):
     spec = TARGETS.get(name)
     missing = set(spec.cpu_flags) - host_cpu_flags()
     mark = pytest.mark.skipif(bool(host_cpu_flags()) and bool(missing), reason=f"{name} needs {sorted(missing)}")
-    return pytest.param((name, form), marks=mark, id=f"{name}-{form}")
+    return pytest.param((name, form, act), marks=mark, id=f"{name}-{form}-{act}")
 
 
-# (preset, dot form): the AVX2 default runs everywhere CI runs; VNNI where the CPU has it
-FORMS = [_preset("x86", "pairs"), _preset("x86", "quad16"), _preset("x86-vnni", "quad")]
+# (preset, dot form, activations): the AVX2 default runs everywhere CI runs, VNNI where the CPU has it;
+# u8 activations (the CPU targets') and s8 (the NPU targets' host library), except quad16: u8 only
+FORMS = [
+    *(
+        _preset(preset, form, act)
+        for preset, form in (("x86", "pairs"), ("x86-vnni", "quad"))
+        for act in ("uint8", "int8")
+    ),
+    _preset("x86", "quad16", "uint8"),
+]
+
+
+def _activations(rng, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Random activations of `dtype`, the first row at the extreme (255 for u8, -128 for s8)."""
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, info.max + 1, shape).astype(dtype)
+    x.reshape(-1, shape[-1])[0] = 255 if dtype == "uint8" else -128
+    return x
+
+
 pytestmark = pytest.mark.skipif(
     bool(host_cpu_flags()) and not set(X86.cpu_flags) <= host_cpu_flags(), reason="the x86 preset needs AVX2 + FMA"
 )
@@ -92,14 +111,13 @@ def _conv_reference(x, w, stride, pad):
     ],
 )
 def test_dot_conv_is_exact(preset, size, channels, out_channels, kernel, stride, epilogue):
-    preset, form = preset
+    preset, form, act = preset
     rng = np.random.default_rng(size)
-    x = rng.integers(0, 256, (1, size, size, channels)).astype("uint8")
-    x[0, 0, 0] = 255  # the largest pair sums of quad16's extreme weights
+    x = _activations(rng, (1, size, size, channels), act)  # the extreme row: quad16's largest pair sums
     w = _weights(rng, (kernel, kernel, channels, out_channels), form)
     pad = kernel // 2
     packed = _conv_weight(w, form)
-    data = te.placeholder(x.shape, "uint8", name="data")
+    data = te.placeholder(x.shape, act, name="data")
     weight = te.placeholder(packed.shape, "int8", name="weight")
     acc = compute.conv2d_nhwc(data, weight, (stride, stride), (pad,) * 4, (1, 1), PAD_VALUE, "int32", form)
     out = _requantize(acc) if epilogue else acc
@@ -112,13 +130,12 @@ def test_dot_conv_is_exact(preset, size, channels, out_channels, kernel, stride,
 @pytest.mark.parametrize("preset", FORMS)
 @pytest.mark.parametrize("epilogue", [True, False])
 def test_dot_dense_is_exact(preset, epilogue):
-    preset, form = preset
+    preset, form, act = preset
     rng = np.random.default_rng(7)
-    x = rng.integers(0, 256, (2, 96)).astype("uint8")
-    x[0] = 255
+    x = _activations(rng, (2, 96), act)
     w = _weights(rng, (96, 48), form)
     packed = dot4_dense_weight(w, form, LANES)
-    data = te.placeholder(x.shape, "uint8", name="data")
+    data = te.placeholder(x.shape, act, name="data")
     weight = te.placeholder(packed.shape, "int8", name="weight")
     acc = compute.dense(data, weight, "int32", form)
     out = _requantize(acc) if epilogue else acc
