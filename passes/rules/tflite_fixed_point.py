@@ -80,27 +80,30 @@ def _const(values: np.ndarray, ndim: int, axis: int) -> relax.Expr:
 
 
 def emit_multiply(bb: relax.BlockBuilder, x: relax.Expr, real, ndim: int = 0, axis: int = 1) -> relax.Expr:
-    """The ops of `multiply` on an integer expression (per channel along `axis` when `real` is a vector)."""
+    """The ops of `multiply` on an integer expression (per channel along `axis` when `real` is a vector),
+    in a form that reads each intermediate as few times as the rounding allows (TVM inlines a fused
+    chain into one expression, copying an intermediate once per read):
+    - TFLite's high half, (p + nudge) / 2**31 truncated with nudge = 2**30 or 1 - 2**30 by p's sign,
+      equals (p + 2**30) >> 31 for every p (for p < 0 the truncation is a ceiling: (p + 1 - 2**30 +
+      2**31 - 1) >> 31);
+    - its rounding divide by 2**s, (h >> s) + ((h & mask) > (mask >> 1) + (h < 0)), rounds half away
+      from zero: (h + 2**(s - 1) - (h < 0)) >> s.
+    `multiply` keeps TFLite's own form: the tests hold one to the other."""
     m, e = quantize_multiplier(real)
     x = bb.emit(relax.op.astype(x, "int64"))
     if np.any(e > 0):
         x = bb.emit(relax.op.multiply(x, _const(np.int64(1) << np.maximum(e, 0), ndim, axis)))
-    product = bb.emit(relax.op.multiply(x, _const(m, ndim, axis)))
-    zero = int_const(0, "int64")
-    negative = bb.emit(relax.op.less(product, zero))
-    nudge = bb.emit(relax.op.where(negative, int_const(1 - (1 << 30), "int64"), int_const(1 << 30, "int64")))
-    rounded = bb.emit(relax.op.add(product, nudge))
-    high = _shift_toward_zero(bb, rounded, 31)
+    product = bb.emit(relax.op.add(relax.op.multiply(x, _const(m, ndim, axis)), int_const(1 << 30, "int64")))
+    high = bb.emit(relax.op.right_shift(product, int_const(31, "int64")))
     shift = np.maximum(-e, 0)
     if not np.any(shift):
         return high
-    mask = (np.int64(1) << shift) - 1
-    remainder = bb.emit(relax.op.bitwise_and(high, _const(mask, ndim, axis)))
-    threshold = bb.emit(
-        relax.op.add(_const(mask >> 1, ndim, axis), bb.emit(relax.op.astype(relax.op.less(high, zero), "int64")))
-    )
-    up = bb.emit(relax.op.astype(relax.op.greater(remainder, threshold), "int64"))
-    return bb.emit(relax.op.add(bb.emit(relax.op.right_shift(high, _const(shift, ndim, axis))), up))
+    half = np.where(shift > 0, np.int64(1) << np.maximum(shift - 1, 0), 0)
+    negative = relax.op.astype(relax.op.less(high, int_const(0, "int64")), "int64")
+    if not np.all(shift > 0):  # a channel with no shift keeps h as it is
+        negative = relax.op.multiply(negative, _const((shift > 0).astype(np.int64), ndim, axis))
+    nudged = bb.emit(relax.op.subtract(relax.op.add(high, _const(half, ndim, axis)), negative))
+    return bb.emit(relax.op.right_shift(nudged, _const(shift, ndim, axis)))
 
 
 def emit_multiply_once(bb: relax.BlockBuilder, x: relax.Expr, real, ndim: int = 0, axis: int = 1) -> relax.Expr:
@@ -111,14 +114,6 @@ def emit_multiply_once(bb: relax.BlockBuilder, x: relax.Expr, real, ndim: int = 
     product = bb.emit(relax.op.multiply(x, _const(m, ndim, axis)))
     rounded = bb.emit(relax.op.add(product, _const(np.int64(1) << (total - 1), ndim, axis)))
     return bb.emit(relax.op.right_shift(rounded, _const(total, ndim, axis)))
-
-
-def _shift_toward_zero(bb: relax.BlockBuilder, x: relax.Expr, bits: int) -> relax.Expr:
-    """x / 2**bits truncated toward zero (C's integer division), from the flooring shift."""
-    floor = bb.emit(relax.op.right_shift(x, int_const(bits, "int64")))
-    inexact = relax.op.not_equal(relax.op.bitwise_and(x, int_const((1 << bits) - 1, "int64")), int_const(0, "int64"))
-    fix = relax.op.logical_and(relax.op.less(x, int_const(0, "int64")), inexact)
-    return bb.emit(relax.op.add(floor, bb.emit(relax.op.astype(fix, "int64"))))
 
 
 def emit_output(bb: relax.BlockBuilder, y: relax.Expr, out: QParams, bounds: tuple[int, int], name: str) -> relax.Expr:

@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
+from tvm.ir.expr import Expr, TensorLoad
 
 from qcompile.kernels import intrinsics
 from qcompile.kernels.compute import DOT_FORM, DOT_LANES, KERNEL
@@ -44,13 +46,50 @@ SCHEDULED = "tirx.is_scheduled"
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+# The most expression nodes a block may grow to by inlining a producer it reads more than once (each read
+# gets a copy). A chain of producers each read two or three times grows exponentially: TFLite's rounding
+# written as it defines it (the NPU targets' arithmetic, before tflite_fixed_point.emit_multiply read
+# each value at most twice) copied a residual add's inputs hundreds of times, and one kernel of the
+# Fashion CNN's switchable module took LLVM over ten minutes. The CPU targets' largest epilogues (a
+# dequantize under a SiLU or GELU polynomial that reads it ~20 times; Magika's ~4800 nodes) stay under.
+INLINE_LIMIT = 8192
+
+
+def _nodes(stmt, buffer=None) -> int:
+    """Expression nodes in `stmt`, or (with `buffer`) its loads of that buffer."""
+    count = 0
+
+    def visit(node) -> None:
+        nonlocal count
+        if buffer is None or (isinstance(node, TensorLoad) and node.source.same_as(buffer)):
+            count += 1
+
+    tvm_ffi.structural_walk(stmt, [(Expr, visit)])
+    return count
+
+
+def _copies_code(sch: s_tir.Schedule, block) -> bool:
+    """Whether inlining `block` would grow a consumer that reads it several times past INLINE_LIMIT."""
+    stmt = sch.get(block)
+    written, size = stmt.writes[0].source, _nodes(stmt.body)
+    for consumer in sch.get_consumers(block):
+        body = sch.get(consumer).body
+        reads = _nodes(body, written)
+        if reads > 1 and _nodes(body) + (reads - 1) * size > INLINE_LIMIT:
+            return True
+    return False
+
+
 def _inline_elementwise(sch: s_tir.Schedule, keep: list) -> None:
     """Inline every non-output block that is not in `keep` into its consumers (epilogue chains become
-    one expression in the output block)."""
+    one expression in the output block), except where that would copy it many times over (a block its
+    consumer reads several times: INLINE_LIMIT); such a block keeps its own loop."""
     root = sch.get_sblock("root")
     outputs = list(sch.get_output_blocks(root))
     for block in reversed(root_blocks(sch)):
         if any(same(sch, block, k) for k in keep + outputs) or is_reduction(sch, block):
+            continue
+        if _copies_code(sch, block):
             continue
         try:
             sch.compute_inline(block)
@@ -61,13 +100,17 @@ def _inline_elementwise(sch: s_tir.Schedule, keep: list) -> None:
 # -- templates --------------------------------------------------------------------------------------
 def _dot_intrinsic(sch: s_tir.Schedule, block, spec: CpuKernelSpec, channels: int, lanes: int | None):
     """The target's dot-product intrinsic for an int8 anchor block of its form and lane width, or None."""
-    form = str(sch.get(block).annotations.get(DOT_FORM, "float"))
+    stmt = sch.get(block)
+    form = str(stmt.annotations.get(DOT_FORM, "float"))
     if form == "float":
         return None
+    activations = str(stmt.reads[0].source.dtype)  # reads: data, then weights (qcompile.kernels.compute)
     for name in spec.dot_u8s8:
         d = intrinsics.lookup(name)
         if d.form == form and channels % d.lanes == 0 and (lanes is None or d.lanes == lanes):
-            return intrinsics.ensure_registered(name)
+            found = intrinsics.ensure_registered(name, activations)
+            if found is not None:
+                return found
     return None
 
 

@@ -35,6 +35,11 @@ def test_the_emitted_ops_compute_the_numpy_model_exactly():
     real[1] = 1.7  # a multiplier above 1 (a left shift)
     expect = np.stack([T.multiply(acc[:, c], real[c]) for c in range(6)], 1)
     np.testing.assert_array_equal(_compiled(lambda bb, x: T.emit_multiply(bb, x, real, 4, 1), [acc]), expect)
+    halves = np.arange(-64, 64, dtype=np.int32).reshape(2, 64)  # x / 8: every tie, on both signs
+    for r in (0.125, 0.375):
+        np.testing.assert_array_equal(
+            _compiled(lambda bb, x, r=r: T.emit_multiply(bb, x, r), [halves]), T.multiply(halves, r)
+        )
     expect = np.stack([T.multiply_once(acc[:, c], real[c]) for c in range(6)], 1)
     np.testing.assert_array_equal(_compiled(lambda bb, x: T.emit_multiply_once(bb, x, real, 4, 1), [acc]), expect)
     sums = rng.integers(-128 * 49, 127 * 49, size=(3, 40)).astype(np.int32)
