@@ -49,11 +49,6 @@ def analyze(
     from qcompile.artifact import check_creatable
 
     check_creatable(out)  # before the minutes of analysis, not after
-    if TARGETS.get(config.target).integer_outputs:
-        raise InputError(
-            f"no analyze for {config.target!r} yet: it measures host libraries, and qcompile's host kernels do "
-            "not take the NPU's signed int8 activations (inspect the artifact for Vela's per-layer estimates)"
-        )
     started = time.perf_counter()
     canon = canonicalize_stage(load_stage(model, config))
     plan = annotate_stage(canon, config, TARGETS.get(config.target))

@@ -360,11 +360,6 @@ def build(
         raise InputError(f"evaluation data not found: {search.eval}")
     if search is not None and config.bits == FLOAT_BITS:
         raise InputError("--bits 32 has no integer layer for a mixed-precision search to keep")
-    if search is not None and TARGETS.get(config.target).integer_outputs:
-        raise InputError(
-            f"no mixed-precision search (--eval) for {config.target!r} yet: it would evaluate the NPU's signed "
-            "int8 graph with untuned host kernels for hours; name float layers with --skip / --precision"
-        )
     if output is not None:
         reads = [model, calib, qparams, tuning_db, search.eval if search is not None else None]
         check_output(output, reads, force)

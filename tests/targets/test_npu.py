@@ -137,6 +137,26 @@ def test_a_float_layer_runs_on_the_cpu_and_an_op_without_tflite_form_fails_in_on
     x86 = ["build", str(block["model"]), "--npu-only", "--calib", str(block["calib"]), "-o", str(tmp_path / "x")]
     assert main(x86) == 2
     assert "--npu-only is for the npu targets" in capsys.readouterr().err
-    analysis = ["analyze", str(block["model"]), "--target", "npu", "--calib", str(block["calib"])]
-    assert main([*analysis, "--data", str(block["eval"]), "-o", str(tmp_path / "an")]) == 2
-    assert "no analyze for 'npu' yet" in capsys.readouterr().err and not (tmp_path / "an").exists()
+
+
+def test_the_mixed_precision_search_and_analyze_run_on_the_npu_target(fashion, tmp_path, capsys):
+    """Both evaluate host libraries of the NPU's signed int8 graph with qcompile's own kernels (s8
+    activations, TFLite's rounding): a Fashion CNN search ran over 30 minutes on TVM's generic code."""
+    calib = ["--target", "npu", "--calib", str(fashion["calib"])]
+    out = tmp_path / "searched"
+    search = ["--eval", str(fashion["eval"]), "--max-top1-drop", "0.5"]
+    assert main(["build", str(fashion["model"]), *calib, *search, "-o", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "budget (top-1 disagreement with fp32 <= 0.5 points) met by the built library" in summary
+    chosen = json.loads((out / "precision.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    floats = [layer for layer, precision in chosen["layers"].items() if precision == "fp32"]
+    assert manifest["npu"]["operators"]["npu"] > 0 and len(floats) < 3  # most layers stay on the NPU
+    assert f"{6 - len(floats)} integer layers, {len(floats)} float" in summary
+
+    assert (
+        main(["analyze", str(fashion["model"]), *calib, "--data", str(fashion["eval"]), "-o", str(tmp_path / "an")])
+        == 0
+    )
+    report = json.loads((tmp_path / "an" / "report.json").read_text())
+    assert len(report["layers"]) == 6 and all(row["int8_sqnr_db"] > 30 for row in report["layers"])
