@@ -35,6 +35,7 @@ class Backend:
     float16: bool = False  # can compute float layers in float16 (--fp16, fp16 layers)
     no_bundle: str = ""  # why `qcompile package` writes no device bundle for it ("": it does)
     records: bool = False  # its export needs realize's per-layer integers (PackageInputs.records)
+    tuned_here: bool = True  # the library's kernels run on the device (False: a device compiler makes its own)
 
     def check_toolchain(self, target: TargetSpec) -> None:
         """Fail now, with what to install, when a tool this backend builds with is missing."""

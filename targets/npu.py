@@ -7,8 +7,9 @@ the integer Relax module computes exactly what TFLite's reference kernels, and V
 compute. The backend writes that graph as a TFLite flatbuffer (qcompile.npu.export), compiles it with
 Vela, and keeps both in the artifact with a firmware C array and Vela's estimates.
 
-`model.so` is the same integer graph compiled for this machine's CPU: `verify` checks that it and TFLite's
-reference kernels give identical outputs, and reports accuracy from the reference kernels."""
+`model.so` is the same integer graph compiled for this machine's CPU as the `x86` target compiles (AVX2,
+qcompile's kernels): `verify` checks that it and TFLite's reference kernels give identical outputs, and
+reports accuracy from the reference kernels."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from qcompile.npu.vela import VelaConfig
 from qcompile.passes.scheme import WEIGHT_INT8
 from qcompile.targets.backend import Backend, PackageInputs
 from qcompile.targets.base import ActivationPolicy, TargetSpec, register_target
+from qcompile.targets.x86 import X86
 
 _NPU_ACTIVATIONS = {
     8: ActivationPolicy(
@@ -27,7 +29,9 @@ _NPU_ACTIVATIONS = {
         reason="Ethos-U computes int8 activations with a zero point x int8 weights -> int32 (TFLite's int8 scheme)",
     ),
 }
-_HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}  # model.so: the same integers on the build machine
+# model.so, the same integers on the build machine: compiled as for the default x86 target, with its kernels
+# (their dot intrinsics read s8 activations too: qcompile.kernels.intrinsics)
+_HOST = X86
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class EthosU(Backend):
 
     vela: VelaConfig = VelaConfig("ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram")
     records: bool = True
+    tuned_here: bool = False  # Vela schedules the NPU; model.so only checks the integers on the host
     no_bundle: str = (
         "the NPU runs the Vela model (model_vela.tflite, model_vela.cc) through Arm's Ethos-U "
         "driver and TensorFlow Lite Micro in the device's firmware"
@@ -59,7 +64,9 @@ def _preset(name: str, vela: VelaConfig, description: str) -> TargetSpec:
         TargetSpec(
             name=name,
             description=description,
-            tvm_target=_HOST,
+            tvm_target=_HOST.tvm_target,
+            cpu_flags=_HOST.cpu_flags,
+            kernels=_HOST.kernels,
             activations=_NPU_ACTIVATIONS,
             weights=WEIGHT_INT8,
             dynamic_activations=False,

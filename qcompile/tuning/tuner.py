@@ -48,6 +48,11 @@ def model_tasks(model, config: BuildConfig, calib=None, qparams=None) -> list[Ta
     target = TARGETS.get(config.target)
     if target.kernels is None:
         raise InputError(f"target {target.name!r} has no CPU kernel templates to tune")
+    if not target.backend.tuned_here:
+        raise InputError(
+            f"target {target.name!r} has nothing to tune: its device compiler schedules the kernels, and "
+            "the host library only checks the integers"
+        )
     realized = build(model, None, calib=calib, qparams=qparams, config=config, stop_after="realize").realized
     assert realized is not None
     return extract_tasks(lower(realized, target.tvm(), target.kernels), target.kernels)

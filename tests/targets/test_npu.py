@@ -137,6 +137,9 @@ def test_a_float_layer_runs_on_the_cpu_and_an_op_without_tflite_form_fails_in_on
     x86 = ["build", str(block["model"]), "--npu-only", "--calib", str(block["calib"]), "-o", str(tmp_path / "x")]
     assert main(x86) == 2
     assert "--npu-only is for the npu targets" in capsys.readouterr().err
+    tune = ["tune", str(block["model"]), "--target", "npu", "--calib", str(block["calib"]), "--time-budget", "10s"]
+    assert main([*tune, "--tuning-db", str(tmp_path / "db")]) == 2 and not (tmp_path / "db").exists()
+    assert "target 'npu' has nothing to tune: its device compiler schedules the kernels" in capsys.readouterr().err
 
 
 def test_the_mixed_precision_search_and_analyze_run_on_the_npu_target(fashion, tmp_path, capsys):
