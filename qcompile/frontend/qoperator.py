@@ -20,7 +20,11 @@ Dynamic quantization (onnxruntime's `quantize_dynamic`) computes activation scal
 `DynamicQuantizeLinear(x) -> MatMulInteger / ConvInteger(x_q, W_q) -> Cast -> Mul(x_scale * W_scale)`.
 That chain is x @ dequantize(W_q) with x quantized on the fly, so it becomes the float MatMul / Conv of
 x and `DequantizeLinear(W_q)` (the layer keeps the model's integer weights and their scales), and the
-layer is listed as dynamic: its input is quantized at run time by qcompile's own dynamic path.
+layer is listed as dynamic: its input is quantized at run time by qcompile's own dynamic path. A model
+saved after onnxruntime's graph optimizations carries the fused forms of the chain:
+`com.microsoft.DynamicQuantizeMatMul(x, W_q, W_scale, W_zero, bias)` and
+`MatMulIntegerToFloat(x_q, W_q, x_scale, W_scale, x_zero, W_zero, bias)` on a DynamicQuantizeLinear's
+outputs; each becomes the same float MatMul (plus the bias), one dynamic layer.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ VALUE_PRESERVING = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Un
 VALUE_PRESERVING += ("Slice", "Gather", "Expand", "Tile", "SpaceToDepth", "DepthToSpace")
 # onnxruntime's dynamic quantization: scales computed at run time, which the QDQ reading cannot take.
 DYNAMIC = ("DynamicQuantizeLinear", "ConvInteger", "MatMulInteger")
+# ... and the fused forms of those chains that onnxruntime's graph optimizer writes into a saved model
+FUSED_DYNAMIC = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+DYNAMIC += FUSED_DYNAMIC
 
 
 def _name(node: onnx.NodeProto) -> str:
@@ -198,9 +205,64 @@ class _Rewriter:
         return self.dequantize(bias, name, "", where, 0 if scale.size > 1 else None)
 
 
+def _fused_dynamic_layers(graph: onnx.GraphProto) -> list[str]:
+    """Rewrite (in place) each DynamicQuantizeMatMul / MatMulIntegerToFloat to MatMul(x,
+    DequantizeLinear(W_q)) [+ bias] (module docstring); returns the layers' names."""
+    consts = graph_constants(graph)
+    producer, _ = producers_and_readers(graph)
+    nodes, layers = [], []
+    for node in graph.node:
+        if node.op_type not in FUSED_DYNAMIC or node.domain != MS:
+            nodes.append(node)
+            continue
+        where = f"{node.op_type} {_name(node)!r}"
+        args = list(node.input) + [""] * 7
+        if node.op_type == "DynamicQuantizeMatMul":
+            x, weight, w_scale, w_zero, bias = args[:5]
+        else:
+            x_q, weight, x_scale, w_scale, x_zero, w_zero, bias = args[:7]
+            quant = producer.get(x_q)
+            if (
+                quant is None
+                or quant.op_type != "DynamicQuantizeLinear"
+                or list(quant.output[1:3]) != [x_scale, x_zero]
+            ):
+                raise UnsupportedModelError(
+                    f"{where}: its input is not quantized by a DynamicQuantizeLinear whose scale and zero point "
+                    "it reads; other integer-accumulator graphs are not supported"
+                )
+            x = quant.input[0]
+        if weight not in consts or w_scale not in consts or (w_zero and w_zero not in consts):
+            raise UnsupportedModelError(f"{where}: its weight, scale and zero point must be constants")
+        w = np.asarray(consts[weight])
+        per_column = np.asarray(consts[w_scale]).size > 1
+        w_float = f"{weight}_dq_{len(layers)}"
+        extra = {"axis": w.ndim - 1} if per_column else {}
+        dq = helper.make_node("DequantizeLinear", [weight, w_scale, *([w_zero] if w_zero else [])], [w_float], **extra)
+        dq.name = f"{_name(node)}/dq_weight"
+        out = node.output[0]
+        product = f"{out}_matmul" if bias else out
+        layer = helper.make_node("MatMul", [x, w_float], [product], name=_name(node))
+        nodes += [dq, layer]
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [out], name=f"{_name(node)}/bias"))
+        layers.append(layer.name)
+    if layers:  # and the DynamicQuantizeLinears only the fused nodes read
+        used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
+        del graph.node[:]
+        graph.node.extend(n for n in nodes if n.op_type != "DynamicQuantizeLinear" or set(n.output) & used)
+    return layers
+
+
 def _dynamic_layers(graph: onnx.GraphProto) -> list[str]:
     """Rewrite (in place) each DynamicQuantizeLinear -> MatMulInteger / ConvInteger -> Cast -> Mul chain
-    to the float layer on DequantizeLinear(W_q) (module docstring); returns the layers' names."""
+    to the float layer on DequantizeLinear(W_q) (module docstring), and their fused forms
+    (`_fused_dynamic_layers`); returns the layers' names."""
+    fused = _fused_dynamic_layers(graph)
+    return fused + _unfused_dynamic_layers(graph)
+
+
+def _unfused_dynamic_layers(graph: onnx.GraphProto) -> list[str]:
     consts = graph_constants(graph)
     producer, readers = producers_and_readers(graph)
 

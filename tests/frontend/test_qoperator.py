@@ -162,3 +162,73 @@ def test_fashion_qoperator_builds_without_calibration_and_agrees_with_onnxruntim
     assert vs_model["top1_agreement"] >= 99.5, vs_model  # measured 99.75%
     assert vs_model["sqnr_db"] >= 35.0, vs_model  # measured 41.3 dB
     assert metrics["top1_agreement"] >= 99.0  # against the float graph: measured 99.75%
+
+
+def test_matmul_integer_to_float_is_the_float_matmul_its_input_was_quantized_for():
+    """com.microsoft.MatMulIntegerToFloat on a DynamicQuantizeLinear's outputs (onnxruntime's fusion of
+    quantize_dynamic's chain): rewritten to MatMul(x, DequantizeLinear(W_q)) + bias. The two differ only
+    by x's run-time quantization: at most half a step of x times the column's sum of |W| per output."""
+    rng = np.random.default_rng(3)
+    # 7-bit weights: onnxruntime's u8 x s8 kernel on AVX2 without VNNI saturates int8 ones in int16
+    w_q = rng.integers(-63, 64, (16, 5)).astype(np.int8)
+    w_scale = rng.uniform(0.005, 0.02, 5).astype(np.float32)
+    bias = rng.normal(0, 1, 5).astype(np.float32)
+    inits = [_init("w", w_q), _init("ws", w_scale), _init("wz", np.zeros(5, np.int8)), _init("b", bias)]
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"], name="dql"),
+        helper.make_node(
+            "MatMulIntegerToFloat", ["xq", "w", "xs", "ws", "xz", "wz", "b"], ["y"], name="mm", domain="com.microsoft"
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fused",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])],
+        inits,
+    )
+    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8)
+    x = rng.normal(0, 1, (3, 16)).astype(np.float32)
+    fused = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    count, dynamic = qoperator_to_qdq(model)
+    assert count == 1 and dynamic == ["mm"]
+    assert [n.op_type for n in model.graph.node] == ["DequantizeLinear", "MatMul", "Add"]  # no quantizer left
+    plain = ort.SessionOptions()  # as written: onnxruntime would fuse DequantizeLinear -> MatMul back
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    rewritten = ort.InferenceSession(model.SerializeToString(), plain, providers=["CPUExecutionProvider"])
+    exact = x @ (w_q.astype(np.float32) * w_scale) + bias
+    np.testing.assert_allclose(rewritten.run(None, {"x": x})[0], exact, rtol=1e-5, atol=1e-5)
+    step = (max(x.max(), 0) - min(x.min(), 0)) / 255
+    bound = 0.5 * step * np.abs(w_q.astype(np.float32) * w_scale).sum(0) + 1e-5
+    assert np.all(np.abs(fused - exact) <= bound), (np.abs(fused - exact) / bound).max()
+
+
+def test_a_model_saved_after_onnxruntimes_optimizations_builds_as_its_quantize_dynamic_source(fashion, tmp_path):
+    """quantize_dynamic's Fashion CNN saved by onnxruntime with its extended optimizations carries a
+    com.microsoft.DynamicQuantizeMatMul (the fc, bias fused); both build to the same library."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    import qcompile as api
+
+    dynamic = tmp_path / "dynamic.onnx"
+    quantize_dynamic(str(fashion["model"]), str(dynamic), weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(dynamic), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    assert "DynamicQuantizeMatMul" in {n.op_type for n in optimized.graph.node if n.domain == "com.microsoft"}
+    from qcompile.runtime import Runner, open_artifact
+
+    images = {"input": np.load(fashion["test"])["input"][:200]}
+    outputs = []
+    for name, model in (("plain", dynamic), ("fused", tmp_path / "optimized.onnx")):
+        assert main(["build", str(model), "-o", str(tmp_path / name)]) == 0
+        report = json.loads((tmp_path / name / "report.json").read_text())["pre_quantized"]
+        assert "/fc/Gemm" in " ".join(report["layers_with_graph_weights"])  # the fc keeps its int8 weights
+        runner = Runner(open_artifact(tmp_path / name))
+        outputs.append(np.concatenate([runner({"input": images["input"][i : i + 1]})[0] for i in range(200)]))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    metrics = api.verify(tmp_path / "fused", tmp_path / "optimized.onnx", fashion["test"])
+    assert metrics["top1_agreement"] >= 99.0  # against the float graph: measured 99.7%
