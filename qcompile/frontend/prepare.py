@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
+from qcompile.frontend.contrib import decompose_contrib
 from qcompile.frontend.fold import FoldReport, fold
 from qcompile.frontend.graph import tensor
 from qcompile.frontend.qdq import GraphQuant, strip_qdq
@@ -48,6 +49,7 @@ def prepare(proto: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], fixed
     if len(kept) != len(graph.input):
         del graph.input[:]
         graph.input.extend(kept)
+    decompose_contrib(model)  # onnxruntime's fused float operators as the standard ops they compute
     qoperators, dynamic = qoperator_to_qdq(model)  # QLinearConv & co. as the Q/DQ pairs they mean
     graph_quant = strip_qdq(model)  # before folding: folding would turn quantized weights into plain floats
     if graph_quant is not None and qoperators:
