@@ -20,7 +20,7 @@ import onnx
 from onnx import helper
 
 from qcompile.errors import UnsupportedModelError
-from qcompile.frontend.graph import tensor
+from qcompile.frontend.graph import NewNames
 
 MS = "com.microsoft"
 MIN_OPSET = 17  # LayerNormalization
@@ -34,26 +34,7 @@ def _where(node: onnx.NodeProto) -> str:
     return f"{node.op_type} {node.name or node.output[0]!r}"
 
 
-class _Writer:
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer}
-        self.taken |= {i.name for i in graph.input}
-        self.inits: list[onnx.TensorProto] = []
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name
-
-    def const(self, base: str, value: np.ndarray) -> str:
-        name = self.fresh(base)
-        self.inits.append(tensor(name, value))
-        return name
-
-
-def _last_two_swapped(w: _Writer, node: onnx.NodeProto, value: str, rank: int | None, tag: str):
+def _last_two_swapped(w: NewNames, node: onnx.NodeProto, value: str, rank: int | None, tag: str):
     if rank is None or rank < 2:
         raise UnsupportedModelError(f"{_where(node)}: a transposed operand of unknown rank")
     out = w.fresh(f"{value}_{tag}T")
@@ -61,7 +42,7 @@ def _last_two_swapped(w: _Writer, node: onnx.NodeProto, value: str, rank: int | 
     return out, helper.make_node("Transpose", [value], [out], perm=perm, name=f"{node.name}/{tag}T")
 
 
-def _fused_matmul(w: _Writer, node: onnx.NodeProto, ranks: dict[str, int]) -> list[onnx.NodeProto]:
+def _fused_matmul(w: NewNames, node: onnx.NodeProto, ranks: dict[str, int]) -> list[onnx.NodeProto]:
     attrs = _attrs(node)
     if attrs.get("transBatchA", 0) or attrs.get("transBatchB", 0):
         raise UnsupportedModelError(f"{_where(node)}: transBatchA / transBatchB are not supported")
@@ -82,7 +63,7 @@ def _fused_matmul(w: _Writer, node: onnx.NodeProto, ranks: dict[str, int]) -> li
     return nodes
 
 
-def _skip_layer_norm(w: _Writer, node: onnx.NodeProto, used: set[str]) -> list[onnx.NodeProto]:
+def _skip_layer_norm(w: NewNames, node: onnx.NodeProto, used: set[str]) -> list[onnx.NodeProto]:
     outputs = list(node.output) + [""] * 4
     if any(o and o in used for o in outputs[1:3]):
         raise UnsupportedModelError(f"{_where(node)}: its mean / inverse-variance outputs are not supported")
@@ -125,7 +106,7 @@ def decompose_contrib(model: onnx.ModelProto) -> list[str]:
     for init in graph.initializer:
         ranks[init.name] = len(init.dims)
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    w = _Writer(graph)
+    w = NewNames(graph)
     nodes, done = [], []
     for node in graph.node:
         if node in targets:

@@ -103,6 +103,27 @@ def tensor(name: str, value: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value), name)
 
 
+class NewNames:
+    """Names no value of `graph` has yet, and the constants a rewriting adds under them (`inits`)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.inits: list[onnx.TensorProto] = []
+        self.taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer}
+        self.taken |= {i.name for i in graph.input}
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        return name
+
+    def const(self, base: str, value: np.ndarray) -> str:
+        name = self.fresh(base)
+        self.inits.append(tensor(name, value))
+        return name
+
+
 def float_weight_elements(graph: onnx.GraphProto) -> int:
     """Elements of every floating-point constant (initializers and Constant nodes, subgraphs too)."""
     total = 0

@@ -34,7 +34,7 @@ import onnx
 from onnx import helper
 
 from qcompile.errors import UnsupportedModelError
-from qcompile.frontend.graph import graph_constants, producers_and_readers, tensor
+from qcompile.frontend.graph import NewNames, graph_constants, producers_and_readers
 
 MS = "com.microsoft"
 # Ops that move, select or reorder values: on integer tensors they commute with dequantization (a max of
@@ -85,26 +85,16 @@ def is_qoperator(graph: onnx.GraphProto) -> bool:
     return any(_float_op(n) is not None or n.op_type in DYNAMIC for n in graph.node)
 
 
-class _Rewriter:
+class _Rewriter(NewNames):
     def __init__(self, graph: onnx.GraphProto) -> None:
+        super().__init__(graph)
         self.graph = graph
         self.consts = graph_constants(graph)
         self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
         self.quant: dict[str, tuple[str, str]] = {}  # integer tensor -> (scale, zero point) names
-        self.taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer}
-        self.taken |= {i.name for i in graph.input}
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name
 
     def const(self, base: str, value: np.ndarray) -> str:
-        name = self.fresh(base)
-        self.inits.append(tensor(name, value))
+        name = super().const(base, value)
         self.consts[name] = value
         return name
 

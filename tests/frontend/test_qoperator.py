@@ -59,11 +59,16 @@ def _matmul_concat_model() -> onnx.ModelProto:
         ),
         helper.make_node("DequantizeLinear", ["cq", "cs", "cz"], ["out"], name="dq_out"),
     ]
+    return _ms_model("qop", nodes, inits, [1, 8], "out", [1, 12])
+
+
+def _ms_model(name: str, nodes, inits, x_shape, output: str, out_shape) -> onnx.ModelProto:
+    """A float input x -> `nodes` -> `output`, at opset 13 with onnxruntime's com.microsoft domain."""
     graph = helper.make_graph(
         nodes,
-        "qop",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 12])],
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, out_shape)],
         inits,
     )
     opsets = [helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
@@ -180,15 +185,7 @@ def test_matmul_integer_to_float_is_the_float_matmul_its_input_was_quantized_for
             "MatMulIntegerToFloat", ["xq", "w", "xs", "ws", "xz", "wz", "b"], ["y"], name="mm", domain="com.microsoft"
         ),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "fused",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])],
-        inits,
-    )
-    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
-    model = helper.make_model(graph, opset_imports=opsets, ir_version=8)
+    model = _ms_model("fused", nodes, inits, [3, 16], "y", [3, 5])
     x = rng.normal(0, 1, (3, 16)).astype(np.float32)
     fused = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     count, dynamic = qoperator_to_qdq(model)
