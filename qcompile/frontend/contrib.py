@@ -8,7 +8,9 @@ graph:
 - `FusedMatMul(A, B; alpha, transA, transB)` = alpha * (A or A^T) @ (B or B^T), the transposes over the
   last two axes (the attention's Q @ K^T * scale);
 - `SkipLayerNormalization(x, skip, gamma[, beta[, bias]]; epsilon)` = LayerNormalization(x + skip
-  [+ bias], gamma, beta) over the last axis; its optional fourth output is that sum.
+  [+ bias], gamma, beta) over the last axis; its optional fourth output is that sum;
+- `Gelu(x)` = x / 2 * (1 + erf(x / sqrt 2)), `BiasGelu(x, b)` = Gelu(x + b), and `FastGelu(x[, b])` =
+  y / 2 * (1 + tanh(sqrt(2 / pi) * (y + 0.044715 y^3))) with y = x [+ b].
 
 Anything else of theirs (a batch transpose, the mean and variance outputs) stays an error naming the
 node. The integer forms of the dynamic chain are `qcompile.frontend.qoperator`'s."""
@@ -85,10 +87,40 @@ def _skip_layer_norm(w: NewNames, node: onnx.NodeProto, used: set[str]) -> list[
     return nodes
 
 
+def _gelu(w: NewNames, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    x, out, tag = node.input[0], node.output[0], node.name or node.output[0]
+    nodes = []
+    if len(node.input) > 1 and node.input[1]:
+        y = w.fresh(f"{out}_biased")
+        nodes.append(helper.make_node("Add", [x, node.input[1]], [y], name=f"{tag}/bias"))
+        x = y
+
+    def op(kind: str, *args: str) -> str:
+        result = w.fresh(f"{out}_{kind.lower()}")
+        nodes.append(helper.make_node(kind, list(args), [result], name=f"{tag}/{kind.lower()}_{len(nodes)}"))
+        return result
+
+    if node.op_type == "FastGelu":
+        cube = op("Mul", op("Mul", x, x), x)
+        inner = op("Add", x, op("Mul", cube, w.const(f"{tag}_c", np.float32(0.044715))))
+        curve = op("Tanh", op("Mul", inner, w.const(f"{tag}_k", np.float32(np.sqrt(2 / np.pi)))))
+    else:
+        curve = op("Erf", op("Mul", x, w.const(f"{tag}_r", np.float32(1 / np.sqrt(2)))))
+    half = op("Mul", x, w.const(f"{tag}_half", np.float32(0.5)))
+    nodes.append(
+        helper.make_node("Mul", [half, op("Add", curve, w.const(f"{tag}_one", np.float32(1)))], [out], name=tag)
+    )
+    return nodes
+
+
+GELUS = ("Gelu", "BiasGelu", "FastGelu")
+
+
 def decompose_contrib(model: onnx.ModelProto) -> list[str]:
     """Rewrite (in place) the float com.microsoft operators above; returns the rewritten nodes' names."""
     graph = model.graph
-    targets = [n for n in graph.node if n.domain == MS and n.op_type in ("FusedMatMul", "SkipLayerNormalization")]
+    handled = ("FusedMatMul", "SkipLayerNormalization", *GELUS)
+    targets = [n for n in graph.node if n.domain == MS and n.op_type in handled]
     if not targets:
         return []
     standard = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -110,9 +142,12 @@ def decompose_contrib(model: onnx.ModelProto) -> list[str]:
     nodes, done = [], []
     for node in graph.node:
         if node in targets:
-            rewritten = (
-                _fused_matmul(w, node, ranks) if node.op_type == "FusedMatMul" else _skip_layer_norm(w, node, used)
-            )
+            if node.op_type == "FusedMatMul":
+                rewritten = _fused_matmul(w, node, ranks)
+            elif node.op_type == "SkipLayerNormalization":
+                rewritten = _skip_layer_norm(w, node, used)
+            else:
+                rewritten = _gelu(w, node)
             nodes += rewritten
             done.append(node.name or node.output[0])
         else:

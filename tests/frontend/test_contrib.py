@@ -86,3 +86,27 @@ def test_fused_matmul_and_skip_layer_norm_become_the_standard_ops_they_compute()
 def test_what_cannot_be_rewritten_names_the_node(attrs, opset, message):
     with pytest.raises(UnsupportedModelError, match=message):
         decompose_contrib(_model(attrs, opset))
+
+
+@pytest.mark.parametrize(("op", "bias"), [("Gelu", False), ("BiasGelu", True), ("FastGelu", True), ("FastGelu", False)])
+def test_the_gelus_become_their_formulas(op, bias):
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, 8).astype(np.float32), "b")] if bias else []
+    node = helper.make_node(op, ["x", "b"] if bias else ["x"], ["y"], name="gelu", domain=MS)
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", f, [4, 8])],
+        [helper.make_tensor_value_info("y", f, [4, 8])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)], ir_version=9
+    )
+    feed = {"x": rng.normal(0, 2, (4, 8)).astype(np.float32)}
+    expected = _run(model, feed)[0]
+    assert decompose_contrib(model) == ["gelu"] and not [n for n in model.graph.node if n.domain == MS]
+    np.testing.assert_allclose(_run(model, feed)[0], expected, rtol=1e-5, atol=1e-5)
+    x = feed["x"] + (numpy_helper.to_array(inits[0]) if inits else 0)
+    assert np.all(np.abs(expected - x * (x > 0)) < 0.2)  # a GELU: close to relu away from 0
