@@ -116,6 +116,18 @@ def _gelu(w: NewNames, node: onnx.NodeProto) -> list[onnx.NodeProto]:
 GELUS = ("Gelu", "BiasGelu", "FastGelu")
 
 
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Each value's rank, from ONNX shape inference (only a transposed FusedMatMul operand needs one)."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    ranks = {}
+    for v in [*inferred.value_info, *inferred.input, *inferred.output]:
+        if v.type.tensor_type.HasField("shape"):
+            ranks[v.name] = len(v.type.tensor_type.shape.dim)
+    for init in model.graph.initializer:
+        ranks[init.name] = len(init.dims)
+    return ranks
+
+
 def decompose_contrib(model: onnx.ModelProto) -> list[str]:
     """Rewrite (in place) the float com.microsoft operators above; returns the rewritten nodes' names."""
     graph = model.graph
@@ -130,18 +142,16 @@ def decompose_contrib(model: onnx.ModelProto) -> list[str]:
             f"{_where(norms[0])}: its rewriting needs ONNX opset >= {MIN_OPSET} (LayerNormalization), the "
             f"model has {standard}; convert the model's opset first"
         )
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
-    ranks = {}
-    for v in [*inferred.value_info, *inferred.input, *inferred.output]:
-        if v.type.tensor_type.HasField("shape"):
-            ranks[v.name] = len(v.type.tensor_type.shape.dim)
-    for init in graph.initializer:
-        ranks[init.name] = len(init.dims)
+    transposing = any(
+        _attrs(n).get("transA", 0) or _attrs(n).get("transB", 0) for n in targets if n.op_type == "FusedMatMul"
+    )
+    ranks = _ranks(model) if transposing else {}
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     w = NewNames(graph)
     nodes, done = [], []
+    rewrite = {id(n) for n in targets}
     for node in graph.node:
-        if node in targets:
+        if id(node) in rewrite:
             if node.op_type == "FusedMatMul":
                 rewritten = _fused_matmul(w, node, ranks)
             elif node.op_type == "SkipLayerNormalization":

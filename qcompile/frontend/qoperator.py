@@ -195,6 +195,31 @@ class _Rewriter(NewNames):
         return self.dequantize(bias, name, "", where, 0 if scale.size > 1 else None)
 
 
+def _weight_dequantize(layer: str, weight: str, scale: str, zero: str, axis: int | None, k: int):
+    """The DequantizeLinear of a dynamic layer's integer weight (per `axis` when its scale is a vector),
+    and the float weight's name."""
+    w_float = f"{weight}_dq_{k}"
+    extra = {"axis": axis} if axis is not None else {}
+    dq = helper.make_node("DequantizeLinear", [weight, scale, *([zero] if zero else [])], [w_float], **extra)
+    dq.name = f"{layer}/dq_weight"
+    return dq, w_float
+
+
+def _drop_unread_quantizers(graph: onnx.GraphProto) -> None:
+    """Remove (in place) the scale products, then the DynamicQuantizeLinears, that nothing reads any more."""
+    kept = list(graph.node)
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in kept for i in n.input} | outputs
+        live = [n for n in kept if n.op_type not in ("Mul", "DynamicQuantizeLinear") or set(n.output) & used]
+        if len(live) == len(kept):
+            break
+        kept = live
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
 def _fused_dynamic_layers(graph: onnx.GraphProto) -> list[str]:
     """Rewrite (in place) each DynamicQuantizeMatMul / MatMulIntegerToFloat to MatMul(x,
     DequantizeLinear(W_q)) [+ bias] (module docstring); returns the layers' names."""
@@ -224,12 +249,8 @@ def _fused_dynamic_layers(graph: onnx.GraphProto) -> list[str]:
             x = quant.input[0]
         if weight not in consts or w_scale not in consts or (w_zero and w_zero not in consts):
             raise UnsupportedModelError(f"{where}: its weight, scale and zero point must be constants")
-        w = np.asarray(consts[weight])
-        per_column = np.asarray(consts[w_scale]).size > 1
-        w_float = f"{weight}_dq_{len(layers)}"
-        extra = {"axis": w.ndim - 1} if per_column else {}
-        dq = helper.make_node("DequantizeLinear", [weight, w_scale, *([w_zero] if w_zero else [])], [w_float], **extra)
-        dq.name = f"{_name(node)}/dq_weight"
+        axis = np.asarray(consts[weight]).ndim - 1 if np.asarray(consts[w_scale]).size > 1 else None
+        dq, w_float = _weight_dequantize(_name(node), weight, w_scale, w_zero, axis, len(layers))
         out = node.output[0]
         product = f"{out}_matmul" if bias else out
         layer = helper.make_node("MatMul", [x, w_float], [product], name=_name(node))
@@ -237,10 +258,9 @@ def _fused_dynamic_layers(graph: onnx.GraphProto) -> list[str]:
         if bias:
             nodes.append(helper.make_node("Add", [product, bias], [out], name=f"{_name(node)}/bias"))
         layers.append(layer.name)
-    if layers:  # and the DynamicQuantizeLinears only the fused nodes read
-        used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
+    if layers:
         del graph.node[:]
-        graph.node.extend(n for n in nodes if n.op_type != "DynamicQuantizeLinear" or set(n.output) & used)
+        graph.node.extend(nodes)
     return layers
 
 
@@ -249,10 +269,14 @@ def _dynamic_layers(graph: onnx.GraphProto) -> list[str]:
     to the float layer on DequantizeLinear(W_q) (module docstring), and their fused forms
     (`_fused_dynamic_layers`); returns the layers' names."""
     fused = _fused_dynamic_layers(graph)
-    return fused + _unfused_dynamic_layers(graph)
+    layers = fused + _unfused_dynamic_layers(graph, len(fused))
+    if layers:
+        _drop_unread_quantizers(graph)
+    return layers
 
 
-def _unfused_dynamic_layers(graph: onnx.GraphProto) -> list[str]:
+def _unfused_dynamic_layers(graph: onnx.GraphProto, first: int) -> list[str]:
+    """The chains' rewriting (`first`: the index the float weights' names start at)."""
     consts = graph_constants(graph)
     producer, readers = producers_and_readers(graph)
 
@@ -263,6 +287,7 @@ def _unfused_dynamic_layers(graph: onnx.GraphProto) -> list[str]:
     outputs = {o.name for o in graph.output}
     drop: set[int] = set()
     replaced: dict[int, list[onnx.NodeProto]] = {}
+    index = {id(n): k for k, n in enumerate(graph.node)}
     layers = []
     for node in graph.node:
         if node.op_type not in ("MatMulInteger", "ConvInteger"):
@@ -294,27 +319,17 @@ def _unfused_dynamic_layers(graph: onnx.GraphProto) -> list[str]:
         sizes = np.asarray(consts[w_scale[0]]).size
         weight = np.asarray(consts[node.input[1]])
         axis = None if sizes <= 1 else (0 if node.op_type == "ConvInteger" else weight.ndim - 1)
-        zero = [node.input[3]] if len(node.input) > 3 and node.input[3] else []
-        w_float = f"{node.input[1]}_dq_{len(layers)}"
-        extra = {"axis": axis} if axis is not None else {}
-        dq = helper.make_node("DequantizeLinear", [node.input[1], w_scale[0], *zero], [w_float], **extra)
-        dq.name = f"{_name(node)}/dq_weight"
+        zero = node.input[3] if len(node.input) > 3 else ""
+        dq, w_float = _weight_dequantize(_name(node), node.input[1], w_scale[0], zero, axis, first + len(layers))
         layer = helper.make_node(node.op_type[: -len("Integer")], [quant.input[0], w_float], [mul.output[0]])
         layer.name = _name(node)
         layer.attribute.extend(node.attribute)
-        index = {id(n): k for k, n in enumerate(graph.node)}
         replaced[index[id(node)]] = [dq, layer]
         drop |= {index[id(cast)], index[id(mul)]}
         layers.append(layer.name)
     if not layers:
         return []
     kept = [new for k, n in enumerate(graph.node) if k not in drop for new in replaced.get(k, [n])]
-    while True:  # the scale products, then the DynamicQuantizeLinears, that nothing reads any more
-        used = {i for n in kept for i in n.input} | outputs
-        live = [n for n in kept if n.op_type not in ("Mul", "DynamicQuantizeLinear") or set(n.output) & used]
-        if len(live) == len(kept):
-            break
-        kept = live
     del graph.node[:]
     graph.node.extend(kept)
     return layers

@@ -55,27 +55,27 @@ SCHEDULED = "tirx.is_scheduled"
 INLINE_LIMIT = 8192
 
 
-def _nodes(stmt, buffer=None) -> int:
-    """Expression nodes in `stmt`, or (with `buffer`) its loads of that buffer."""
-    count = 0
+def _nodes(stmt, buffer=None) -> tuple[int, int]:
+    """Expression nodes in `stmt`, and its loads of `buffer`, in one walk."""
+    count = loads = 0
 
     def visit(node) -> None:
-        nonlocal count
-        if buffer is None or (isinstance(node, TensorLoad) and node.source.same_as(buffer)):
-            count += 1
+        nonlocal count, loads
+        count += 1
+        if buffer is not None and isinstance(node, TensorLoad) and node.source.same_as(buffer):
+            loads += 1
 
     tvm_ffi.structural_walk(stmt, [(Expr, visit)])
-    return count
+    return count, loads
 
 
 def _copies_code(sch: s_tir.Schedule, block) -> bool:
     """Whether inlining `block` would grow a consumer that reads it several times past INLINE_LIMIT."""
     stmt = sch.get(block)
-    written, size = stmt.writes[0].source, _nodes(stmt.body)
+    written, (size, _) = stmt.writes[0].source, _nodes(stmt.body)
     for consumer in sch.get_consumers(block):
-        body = sch.get(consumer).body
-        reads = _nodes(body, written)
-        if reads > 1 and _nodes(body) + (reads - 1) * size > INLINE_LIMIT:
+        total, reads = _nodes(sch.get(consumer).body, written)
+        if reads > 1 and total + (reads - 1) * size > INLINE_LIMIT:
             return True
     return False
 

@@ -207,6 +207,7 @@ def test_a_model_saved_after_onnxruntimes_optimizations_builds_as_its_quantize_d
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     import qcompile as api
+    from qcompile.runtime import Runner, open_artifact
 
     dynamic = tmp_path / "dynamic.onnx"
     quantize_dynamic(str(fashion["model"]), str(dynamic), weight_type=QuantType.QInt8)
@@ -216,8 +217,6 @@ def test_a_model_saved_after_onnxruntimes_optimizations_builds_as_its_quantize_d
     ort.InferenceSession(str(dynamic), options, providers=["CPUExecutionProvider"])
     optimized = onnx.load(str(tmp_path / "optimized.onnx"))
     assert "DynamicQuantizeMatMul" in {n.op_type for n in optimized.graph.node if n.domain == "com.microsoft"}
-    from qcompile.runtime import Runner, open_artifact
-
     images = {"input": np.load(fashion["test"])["input"][:200]}
     outputs = []
     for name, model in (("plain", dynamic), ("fused", tmp_path / "optimized.onnx")):
